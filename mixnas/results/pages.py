@@ -1,0 +1,633 @@
+"""The results pages: self-contained plotly HTML that opens offline, plus a headless-browser check.
+
+``write_pages`` writes, into one folder:
+
+- ``accuracy_vs_gflops.html``, ``accuracy_vs_latency.html``: accuracy against cost. The line is the
+  front of that plane (accuracy and that cost); when the search's objectives are more than those two,
+  trials on the full front but off the plane's front are drawn as open circles. Dominated feasible
+  trials are faded, infeasible ones are grey crosses, reference architectures are labelled diamonds.
+- ``objectives_3d.html``: a 3-D scatter of three objectives, the search's front highlighted.
+- ``hypervolume.html``: hypervolume after each trial, with the reference point stated.
+- ``mixers_along_front.html``: which mixer each stage of each front architecture chose, cheapest first.
+- ``index.html``: links to all of them, a summary, and the Pareto table.
+
+Every page embeds plotly.js (several MB each) rather than loading it from a CDN, so a run directory
+can be copied to a machine without network and still be read.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from mixnas.atomic import atomic_write, atomic_write_text
+from mixnas.results.pareto import (
+    OBJECTIVE_LABELS,
+    OBJECTIVES,
+    Reference,
+    candidates,
+    default_reference,
+    hypervolume_history,
+    objective_column,
+    pareto_front,
+    pareto_mask,
+    parse_objectives,
+)
+from mixnas.results.store import TRIAL_STATES, check_trials
+from mixnas.results.table import format_gflops, pareto_records, parse_arch, stage_label, table_rows
+from mixnas.search_space.arch import MIXER_TYPES
+
+PAGE_FILES = {
+    "accuracy_vs_gflops": "accuracy_vs_gflops.html",
+    "accuracy_vs_latency": "accuracy_vs_latency.html",
+    "objectives_3d": "objectives_3d.html",
+    "hypervolume": "hypervolume.html",
+    "mixers": "mixers_along_front.html",
+}
+PAGE_TITLES = {
+    "accuracy_vs_gflops": "Accuracy vs GFLOPs",
+    "accuracy_vs_latency": "Accuracy vs latency",
+    "objectives_3d": "Objectives in 3-D",
+    "hypervolume": "Hypervolume over trials",
+    "mixers": "Mixers along the Pareto front",
+}
+# Fixed colours per mixer type, so that runs can be compared side by side.
+MIXER_COLORS = {
+    "window_attn": "#1f77b4", "dwconv": "#2ca02c", "dyn_dwconv": "#98df8a", "refiner": "#9467bd",
+    "dge": "#ff7f0e",
+}
+FRONT_COLOR = "#d62728"
+_UNITS = {"accuracy": "%", "gflops": "GFLOPs", "params": "", "latency": "ms"}
+_PLOT_CONFIG = {"displaylogo": False, "responsive": True}
+
+
+# ------------------------------------------------------------------------------------------ formatting
+def format_reference(reference: Mapping[str, float]) -> str:
+    """``accuracy 0 %, GFLOPs 0.1234, latency 5.678 ms``: a reference point as people read it."""
+    parts = []
+    for name, value in reference.items():
+        unit = _UNITS[name]
+        label = "GFLOPs" if name == "gflops" else name
+        parts.append(f"{label} {value:.4g}" if unit in ("GFLOPs", "") else f"{label} {value:.4g} {unit}")
+    return ", ".join(parts)
+
+
+def _fmt(value: Any, spec: str, missing: str = "-") -> str:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return missing
+    return format(f, spec) if math.isfinite(f) else missing
+
+
+def _hover_data(df: pd.DataFrame) -> list[list[Any]]:
+    """Per trial: [number, who, stages, accuracy, GFLOPs, params M, latency] for the hover box."""
+    rows = []
+    for r in df.itertuples(index=False):
+        who = f"reference: {r.label}" if r.is_reference else f"trial {r.number}"
+        stages = "<br>".join(f"stage {i + 1}: {s}" for i, s in enumerate(str(r.summary).split(" | ")))
+        rows.append([
+            int(r.number),
+            html.escape(who),
+            html.escape(stages, quote=False).replace("&lt;br&gt;", "<br>"),
+            _fmt(r.accuracy, ".2f"),
+            format_gflops(_finite(r.gflops), _finite(r.gflops_min), _finite(r.gflops_max)),
+            _fmt(float(r.params) / 1e6, ".3f"),
+            _fmt(r.latency_ms, ".2f"),
+        ])
+    return rows
+
+
+def _finite(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+_HOVER = (
+    "<b>%{customdata[1]}</b><br>%{customdata[2]}<br>accuracy %{customdata[3]} %<br>"
+    "GFLOPs %{customdata[4]}<br>params %{customdata[5]} M<br>latency %{customdata[6]} ms"
+)
+
+
+def _axis_title(objective: str) -> str:
+    return OBJECTIVE_LABELS[objective] + (" (multiply-adds, batch 1)" if objective == "gflops" else "")
+
+
+def _values(df: pd.DataFrame, objective: str) -> np.ndarray:
+    return df[objective_column(objective)].to_numpy(dtype=float)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+def scatter_figure(df: pd.DataFrame, cost: str, objectives: Sequence[str]) -> go.Figure:
+    """Accuracy against one cost objective, with the plane's Pareto front as a line.
+
+    Args:
+        df: a trial table.
+        cost: the x-axis objective (``gflops``, ``latency`` or ``params``).
+        objectives: the search's objectives; when more than accuracy and ``cost``, trials on their
+            front but not on the plane's are drawn as open circles.
+    """
+    objs = parse_objectives(objectives)
+    plane = ["accuracy", cost]
+    complete = df[(df["state"] == "COMPLETE") & ~df["is_reference"]]
+    plotted = complete[candidates(complete, [])]  # complete, feasible, searched
+    has_xy = np.isfinite(_values(plotted, "accuracy")) & np.isfinite(_values(plotted, cost))
+    plotted = plotted[has_xy]
+    on_plane = pareto_mask(plotted, plane)
+    on_full = pareto_mask(df, objs).reindex(plotted.index, fill_value=False) & ~on_plane
+    dominated = plotted[~on_plane & ~on_full]
+    infeasible = complete[~complete["feasible"]]
+    refs = df[df["is_reference"] & (df["state"] == "COMPLETE")]
+    front = plotted[on_plane].sort_values([objective_column(cost), "number"])
+
+    fig = go.Figure()
+
+    def add(part: pd.DataFrame, name: str, **style: Any) -> None:
+        fig.add_trace(go.Scatter(
+            x=_values(part, cost), y=_values(part, "accuracy"), name=name, customdata=_hover_data(part),
+            hovertemplate=_HOVER, **style,
+        ))
+
+    add(dominated, "dominated", mode="markers", marker=dict(color="#1f77b4", size=8), opacity=0.3)
+    add(infeasible, "infeasible", mode="markers", opacity=0.6,
+        marker=dict(color="#999999", symbol="x", size=8))
+    if set(objs) != set(plane):
+        add(plotted[on_full], f"on the front of {', '.join(objs)}", mode="markers",
+            marker=dict(color=FRONT_COLOR, symbol="circle-open", size=10, line=dict(width=2)))
+    add(front, "Pareto front", mode="lines+markers", marker=dict(color=FRONT_COLOR, size=10),
+        line=dict(color=FRONT_COLOR, width=2, shape="hv"))
+    add(refs, "reference architectures", mode="markers+text", text=list(refs["label"]),
+        textposition="top center", marker=dict(color="black", symbol="diamond", size=11))
+    fig.update_layout(
+        title=f"Accuracy vs {OBJECTIVE_LABELS[cost]}: the line is the front of accuracy and "
+              f"{OBJECTIVE_LABELS[cost]} ({len(front)} trials)",
+        xaxis_title=_axis_title(cost), yaxis_title="top-1 accuracy (%)", height=650,
+        legend=dict(orientation="h", y=-0.15), template="plotly_white",
+    )
+    return fig
+
+
+def scatter3d_figure(df: pd.DataFrame, axes: Sequence[str], objectives: Sequence[str]) -> go.Figure:
+    """Three objectives in 3-D, the front of ``objectives`` highlighted.
+
+    Args:
+        df: a trial table.
+        axes: the three objectives on x, y and z.
+        objectives: the objectives whose front is highlighted.
+    """
+    objs = parse_objectives(objectives)
+    complete = df[(df["state"] == "COMPLETE") & ~df["is_reference"]]
+    finite = np.logical_and.reduce([np.isfinite(_values(complete, a)) for a in axes])
+    complete = complete[finite]
+    on_front = pareto_mask(df, objs).reindex(complete.index, fill_value=False)
+    feasible = complete["feasible"]
+    refs = df[df["is_reference"] & (df["state"] == "COMPLETE")]
+    fig = go.Figure()
+
+    def add(part: pd.DataFrame, name: str, **style: Any) -> None:
+        fig.add_trace(go.Scatter3d(
+            x=_values(part, axes[0]), y=_values(part, axes[1]), z=_values(part, axes[2]), name=name,
+            customdata=_hover_data(part), hovertemplate=_HOVER, **style,
+        ))
+
+    add(complete[feasible & ~on_front], "dominated", mode="markers", opacity=0.3,
+        marker=dict(color="#1f77b4", size=4))
+    add(complete[~feasible], "infeasible", mode="markers", opacity=0.6,
+        marker=dict(color="#999999", symbol="x", size=4))
+    add(complete[on_front], "Pareto front", mode="markers", marker=dict(color=FRONT_COLOR, size=6))
+    add(refs, "reference architectures", mode="markers+text", text=list(refs["label"]),
+        marker=dict(color="black", symbol="diamond", size=5))
+    fig.update_layout(
+        title=f"Objectives in 3-D; red: the front of {', '.join(objs)} ({int(on_front.sum())} trials)",
+        scene=dict(xaxis_title=OBJECTIVE_LABELS[axes[0]], yaxis_title=OBJECTIVE_LABELS[axes[1]],
+                   zaxis_title=OBJECTIVE_LABELS[axes[2]]),
+        height=750, template="plotly_white",
+    )
+    return fig
+
+
+def hypervolume_figure(
+    history: pd.DataFrame, objectives: Sequence[str], reference: Mapping[str, float]
+) -> go.Figure:
+    """Hypervolume after each trial.
+
+    Args:
+        history: ``hypervolume_history`` output (number, hypervolume).
+        objectives: the objectives the hypervolume is over.
+        reference: the reference point used, by objective name.
+    """
+    objs = parse_objectives(objectives)
+    units = " x ".join(u or "count" for u in (_UNITS[o] for o in objs))
+    fig = go.Figure(go.Scatter(
+        x=history["number"], y=history["hypervolume"], mode="lines+markers", name="hypervolume",
+        line=dict(shape="hv", color=FRONT_COLOR), hovertemplate="trial %{x}<br>hypervolume %{y:.6g}",
+    ))
+    directions = ", ".join(f"{o} ({OBJECTIVES[o]})" for o in objs)
+    fig.update_layout(
+        title=f"Hypervolume over trials: {directions}"
+              f"<br><sup>reference point: {format_reference(reference)}</sup>",
+        xaxis_title="trial number", yaxis_title=f"hypervolume ({units})", height=600, template="plotly_white",
+    )
+    return fig
+
+
+def mixer_figure(df: pd.DataFrame, objectives: Sequence[str]) -> go.Figure:
+    """A heatmap of the mixer each stage chose, one column per front architecture, cheapest first.
+
+    Args:
+        df: a trial table.
+        objectives: the objectives whose front is shown (ordered by the first minimised one).
+    """
+    front = pareto_front(df, objectives)
+    archs = [parse_arch(a) for a in front["arch"]]
+    n_stages = max((len(a.stages) for a in archs), default=0)
+    x = [f"#{n}" for n in front["number"]]
+    z = np.full((n_stages, len(archs)), np.nan)
+    text = [["" for _ in archs] for _ in range(n_stages)]
+    hover = [["" for _ in archs] for _ in range(n_stages)]
+    for j, arch in enumerate(archs):
+        for i, stage in enumerate(arch.stages):
+            z[i, j] = MIXER_TYPES.index(stage.mixer.type)
+            text[i][j] = stage.mixer.short()
+            hover[i][j] = f"trial {front['number'].iloc[j]}, stage {i + 1}: {stage_label(arch, i)}"
+    k = len(MIXER_TYPES)
+    # A stepped colour scale: each mixer type owns the band [i/k, (i+1)/k].
+    scale = []
+    for i, t in enumerate(MIXER_TYPES):
+        scale += [[i / k, MIXER_COLORS[t]], [(i + 1) / k, MIXER_COLORS[t]]]
+    fig = go.Figure(go.Heatmap(
+        x=x, y=[f"stage {i + 1}" for i in range(n_stages)], z=z, text=text, customdata=hover,
+        texttemplate="%{text}", hovertemplate="%{customdata}<extra></extra>", colorscale=scale,
+        zmin=-0.5, zmax=k - 0.5, xgap=2, ygap=2,
+        colorbar=dict(title="mixer", tickvals=list(range(k)), ticktext=MIXER_TYPES),
+    ))
+    minimised = [o for o in parse_objectives(objectives) if OBJECTIVES[o] == "min"]
+    order = OBJECTIVE_LABELS[minimised[0]] if minimised else "accuracy"
+    fig.update_layout(
+        title=f"Mixers along the Pareto front ({len(archs)} architectures, cheapest first by {order})",
+        xaxis=dict(title="front architecture (trial number)", type="category"),
+        yaxis=dict(autorange="reversed"), height=250 + 60 * n_stages, template="plotly_white",
+    )
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ pages
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; }
+nav a { margin-right: 1em; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.25em 0.6em; text-align: left; white-space: nowrap; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.note { color: #555; }
+"""
+
+
+def _page(title: str, heading: str, body: str, nav: Sequence[tuple[str, str]]) -> str:
+    links = " ".join(f'<a href="{html.escape(href)}">{html.escape(text)}</a>' for href, text in nav)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<nav>{links}</nav>\n<h1>{html.escape(heading)}</h1>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _figure_html(fig: go.Figure, div_id: str) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=True, div_id=div_id, config=_PLOT_CONFIG)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(
+            f'<td class="num">{html.escape(c)}</td>' if num else f"<td>{html.escape(c)}</td>"
+            for c, num in zip(row, numeric)
+        ) + "</tr>\n"
+        for row in rows
+    )
+    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
+
+
+def _reference_dict(objectives: list[str], reference_point: Reference) -> dict[str, float]:
+    if isinstance(reference_point, Mapping):
+        given = {parse_objectives([k])[0]: float(v) for k, v in reference_point.items()}
+    else:
+        values = [float(v) for v in np.asarray(reference_point, dtype=float).reshape(-1)]
+        if len(values) != len(objectives):
+            raise ValueError(
+                f"reference_point: {len(values)} values for the objectives {', '.join(objectives)}"
+            )
+        given = dict(zip(objectives, values))
+    missing = [o for o in objectives if o not in given]
+    if missing:
+        raise ValueError(f"reference_point: no value for objective {missing[0]!r}")
+    return given
+
+
+def write_pages(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    objectives: str | Sequence[str] = ("accuracy", "gflops", "latency"),
+    reference_point: Reference | None = None,
+    title: str = "mixnas search results",
+) -> Path:
+    """Write the results pages (see the module docstring) and return the path of ``index.html``.
+
+    Objectives with no measured value in any complete trial (latency on a run that did not time
+    models) are left out of the front and the hypervolume, and their plots are skipped; the index
+    says so. A table with no complete trials gives an index that says so, and no plots.
+
+    Args:
+        df: a trial table (``mixnas.results.load_trials``).
+        out_dir: the folder to write into; created if missing.
+        objectives: the search's objectives, names from ``OBJECTIVES`` (or ``"accuracy,gflops"``).
+        reference_point: the hypervolume's reference point, by objective name or in objective order,
+            in the objectives' own units; ``default_reference`` when None.
+        title: the heading of every page.
+    """
+    df = check_trials(df)
+    objs = parse_objectives(objectives)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    searched = df[~df["is_reference"]]
+    complete = df[df["state"] == "COMPLETE"]
+    notes: list[str] = []
+
+    def measured(o: str) -> bool:
+        return bool(np.isfinite(_values(complete, o)).any())
+
+    used = [o for o in objs if measured(o)]
+    for o in objs:
+        if o not in used and len(complete):
+            notes.append(
+                f"{OBJECTIVE_LABELS[o]} was not measured in any complete trial "
+                f"(column {objective_column(o)} is empty): left out of the front and the hypervolume"
+                + ("; latency plots skipped." if o == "latency" else ".")
+            )
+    if "latency" not in objs and not measured("latency") and len(complete):
+        notes.append("latency was not measured (latency_ms is empty): latency plots skipped.")
+
+    counts = searched["state"].value_counts()
+    n_infeasible = int(((searched["state"] == "COMPLETE") & ~searched["feasible"]).sum())
+    by_state = ", ".join(f"{int(counts.get(s, 0))} {s.lower()}" for s in TRIAL_STATES)
+    summary = [
+        ("trials", f"{len(searched)} searched: {by_state}; {n_infeasible} complete but infeasible"),
+        ("reference architectures", str(int(df["is_reference"].sum()))),
+        ("objectives", ", ".join(f"{OBJECTIVE_LABELS[o]} ({OBJECTIVES[o]})" for o in (used or objs))),
+    ]
+    sources = sorted({s for s in complete["latency_source"] if s})
+    if sources:
+        summary.append(("latency", "; ".join(sources)))
+
+    pages: list[tuple[str, str, str]] = []  # (key, file, body html)
+    index_body: list[str] = []
+    ok = candidates(df, used) if used else pd.Series(False, index=df.index)
+    if not (searched["state"] == "COMPLETE").any():
+        index_body.append("<p><b>No complete trials yet.</b></p>")
+    else:
+        reference = None
+        if ok.any():
+            reference = (
+                default_reference(df, used) if reference_point is None
+                else _reference_dict(objs, reference_point)
+            )
+            reference = {o: reference[o] for o in used}
+            history = hypervolume_history(df, used, reference)
+            summary += [
+                ("Pareto front", f"{int(pareto_mask(df, used).sum())} architectures"),
+                ("reference point", format_reference(reference)
+                 + (" (default: accuracy 0 %, 1.1 x the worst feasible value of each cost)"
+                    if reference_point is None else "")),
+                ("hypervolume", f"{history['hypervolume'].iloc[-1]:.6g}"),
+            ]
+        else:
+            notes.append("No feasible complete trial yet: no Pareto front and no hypervolume.")
+
+        for cost in ("gflops", "latency"):
+            key = f"accuracy_vs_{cost}"
+            if measured(cost) and measured("accuracy"):
+                fig = scatter_figure(df, cost, used if "accuracy" in used else ["accuracy", cost])
+                extra = ""
+                if cost == "latency":
+                    extra = f'<p class="note">latency: {html.escape("; ".join(sources))}</p>'
+                pages.append((key, PAGE_FILES[key], extra + _figure_html(fig, key)))
+
+        axes = [o for o in ("accuracy", "gflops", "latency", "params") if o in used]
+        axes += [o for o in ("accuracy", "gflops", "latency", "params") if o not in axes and measured(o)]
+        if len(axes) >= 3 and ok.any():
+            fig = scatter3d_figure(df, axes[:3], used)
+            pages.append(("objectives_3d", PAGE_FILES["objectives_3d"], _figure_html(fig, "objectives_3d")))
+        elif ok.any():
+            notes.append("The 3-D view needs three measured objectives; skipped.")
+
+        if reference is not None:
+            fig = hypervolume_figure(history, used, reference)
+            body = (f"<p>Reference point: {html.escape(format_reference(reference))}. Only feasible complete "
+                    f"searched trials count; maximised objectives are negated, so the volume is the region "
+                    f"between the front and the reference point.</p>")
+            pages.append(("hypervolume", PAGE_FILES["hypervolume"], body + _figure_html(fig, "hypervolume")))
+            fig = mixer_figure(df, used)
+            pages.append(("mixers", PAGE_FILES["mixers"], _figure_html(fig, "mixers")))
+
+    nav = [("index.html", "index")] + [(f, PAGE_TITLES[k]) for k, f, _ in pages]
+    for key, file, body in pages:
+        page = _page(f"{PAGE_TITLES[key]} - {title}", f"{title}: {PAGE_TITLES[key]}", body, nav)
+        atomic_write_text(out / file, page)
+
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>\n" for k, v in summary)
+    index_body.insert(0, f"<ul>\n{items}</ul>")
+    if pages:
+        links = "".join(f'<li><a href="{f}">{html.escape(PAGE_TITLES[k])}</a></li>\n' for k, f, _ in pages)
+        index_body.append(f"<h2>Plots</h2>\n<ul>\n{links}</ul>")
+    if notes:
+        index_body.append("<h2>Notes</h2>\n<ul>\n"
+                          + "".join(f'<li class="note">{html.escape(n)}</li>\n' for n in notes) + "</ul>")
+    if used and ok.any():
+        header, rows = table_rows(pareto_records(df, used))
+        numeric = [i == 0 or i >= len(header) - 4 for i in range(len(header))]
+        index_body.append(f"<h2>Pareto front ({html.escape(', '.join(used))}), cheapest first</h2>\n"
+                          + _html_table(header, rows, numeric))
+    refs = df[df["is_reference"] & (df["state"] == "COMPLETE")]
+    if len(refs):
+        rows = [
+            [r.label, _fmt(r.accuracy, ".2f"),
+             format_gflops(_finite(r.gflops), _finite(r.gflops_min), _finite(r.gflops_max)),
+             _fmt(float(r.params) / 1e6, ".3f"), _fmt(r.latency_ms, ".2f")]
+            for r in refs.itertuples(index=False)
+        ]
+        header = ["reference", "acc %", "GFLOPs", "params M", "latency ms"]
+        table = _html_table(header, rows, [False] + [True] * 4)
+        index_body.append(f"<h2>Reference architectures</h2>\n{table}")
+    index = out / "index.html"
+    atomic_write_text(index, _page(title, title, "\n".join(index_body), nav))
+    return index
+
+
+# ---------------------------------------------------------------------------------- headless browser
+_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+# Headless, offline, no GPU: WebGL (the 3-D page) runs on SwiftShader, which newer builds only
+# allow with --enable-unsafe-swiftshader. --no-sandbox because CI containers run as root.
+_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--hide-scrollbars",
+)
+
+
+def find_chromium() -> str | None:
+    """The path of a Chromium or Chrome executable, or None."""
+    for name in _BROWSERS:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _run_chromium(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
+    browser = find_chromium()
+    if browser is None:
+        raise RuntimeError("no Chromium found on PATH; install it (scripts/ensure-chromium) to render pages")
+    with tempfile.TemporaryDirectory(prefix="mixnas-chromium-") as profile:
+        return subprocess.run(
+            [browser, *_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+
+def screenshot(
+    html_path: str | Path, png_path: str | Path, size: tuple[int, int] = (1200, 800), timeout: float = 120.0
+) -> Path:
+    """Render a page in headless Chromium and save a PNG of the window.
+
+    Args:
+        html_path: the page.
+        png_path: where to write the PNG (written atomically).
+        size: window width and height in pixels.
+        timeout: seconds before the browser is given up on.
+    """
+    page = Path(html_path).resolve()
+    if not page.is_file():
+        raise FileNotFoundError(f"{page}: no such page")
+    target = Path(png_path)
+
+    def shoot(tmp: str) -> None:
+        res = _run_chromium([
+            f"--screenshot={tmp}", f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=10000",
+            page.as_uri(),
+        ], timeout)
+        if res.returncode != 0 or Path(tmp).stat().st_size == 0:
+            tail = res.stderr.strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(
+                f"{page}: Chromium failed to take a screenshot (exit {res.returncode}: {tail[0]})"
+            )
+
+    atomic_write(target, shoot)
+    return target
+
+
+@dataclass
+class RenderedPage:
+    """What a page looked like after its scripts ran in headless Chromium.
+
+    Args:
+        dom: the serialized DOM, with the contents of ``<script>`` elements removed (plotly.js
+            itself names every class it can create, so only the rest says what was drawn).
+        errors: uncaught JavaScript errors, unhandled rejections and ``console.error`` calls.
+        plots: one dict per plotly graph: ``id``, ``svg`` (``.main-svg`` count), ``gl`` (WebGL
+            canvases), ``traces`` (each with ``name``, ``type`` and ``points``: the first
+            ``customdata`` entry per point, the trial number on this package's scatter plots).
+    """
+
+    dom: str
+    errors: list[str] = field(default_factory=list)
+    plots: list[dict[str, Any]] = field(default_factory=list)
+
+
+_PROBE_HEAD = """<script>
+window.__renderErrors = [];
+window.addEventListener("error", function (e) {
+  window.__renderErrors.push(String(e.message) + " (" + e.filename + ":" + e.lineno + ")");
+});
+window.addEventListener("unhandledrejection", function (e) {
+  window.__renderErrors.push("unhandled rejection: " + String(e.reason));
+});
+(function () {
+  var original = console.error;
+  console.error = function () {
+    window.__renderErrors.push("console.error: " + Array.prototype.map.call(arguments, String).join(" "));
+    original.apply(console, arguments);
+  };
+})();
+</script>"""
+_PROBE_TAIL = """<script>
+window.addEventListener("load", function () { setTimeout(function () {
+  var plots = Array.prototype.map.call(document.querySelectorAll(".js-plotly-plot"), function (gd) {
+    return {
+      id: gd.id,
+      svg: gd.querySelectorAll(".main-svg").length,
+      gl: gd.querySelectorAll(".gl-container canvas").length,
+      traces: (gd._fullData || []).map(function (t) {
+        var cd = t.customdata || [];
+        return {name: t.name, type: t.type, points: Array.prototype.map.call(cd, function (c) {
+          return Array.isArray(c) ? c[0] : c; })};
+      })
+    };
+  });
+  var out = document.createElement("pre");
+  out.id = "render-report";
+  out.textContent = JSON.stringify({errors: window.__renderErrors, plots: plots});
+  document.body.appendChild(out);
+}, WAIT_MS); });
+</script>"""
+
+
+def render_page(html_path: str | Path, wait_ms: int = 2000, timeout: float = 120.0) -> RenderedPage:
+    """Open a page in headless Chromium and report what it drew and which JavaScript errors it raised.
+
+    A copy of the page gets two small scripts: one at the top of ``<head>`` that records errors
+    before plotly.js runs, one at the end that, ``wait_ms`` after load, writes a JSON report of the
+    plotly graphs into the DOM. Chromium's ``--dump-dom`` then returns that DOM; virtual time makes
+    the wait cost no real time. The original page is left untouched.
+
+    Args:
+        html_path: the page.
+        wait_ms: milliseconds after the load event before the report is taken (3-D scenes draw late).
+        timeout: seconds before the browser is given up on.
+    """
+    page = Path(html_path).resolve()
+    text = page.read_text()
+    head = re.search(r"<head[^>]*>", text, flags=re.IGNORECASE)
+    at = head.end() if head else 0
+    text = text[:at] + _PROBE_HEAD + text[at:]
+    tail = _PROBE_TAIL.replace("WAIT_MS", str(int(wait_ms)))
+    end = text.lower().rfind("</body>")
+    text = text[:end] + tail + text[end:] if end >= 0 else text + tail
+    with tempfile.TemporaryDirectory(prefix="mixnas-render-") as tmp:
+        probe = Path(tmp) / page.name
+        probe.write_text(text)
+        res = _run_chromium(["--virtual-time-budget=15000", "--dump-dom", probe.as_uri()], timeout)
+    if res.returncode != 0:
+        tail_line = res.stderr.strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"{page}: Chromium failed (exit {res.returncode}: {tail_line[0]})")
+    dom = re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", res.stdout, flags=re.DOTALL | re.IGNORECASE)
+    report = re.search(r'<pre id="render-report">(.*?)</pre>', dom, flags=re.DOTALL)
+    if report is None:
+        return RenderedPage(dom=dom, errors=["the page never finished loading (no render report)"])
+    data = json.loads(html.unescape(report.group(1)))
+    return RenderedPage(dom=dom, errors=list(data["errors"]), plots=list(data["plots"]))

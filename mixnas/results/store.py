@@ -1,0 +1,195 @@
+"""The trial store: one row per trial, written beside a run as ``trials.parquet`` and ``trials.csv``.
+
+The table is the contract between the search runners (Optuna, Ray Tune) and everything that reads
+results (the Pareto table, the plotly pages, export). Its columns, in order:
+
+=================  =======  ==========================================================================
+column             dtype    meaning
+=================  =======  ==========================================================================
+number             int      trial number, in the order the search asked for trials
+state              str      COMPLETE, FAIL, RUNNING or PRUNED
+arch_id            str      ``ArchConfig.arch_id``
+arch               str      ``ArchConfig.canonical_json()``
+summary            str      ``ArchConfig.summary()``
+accuracy           float    top-1 % on the held-out split; NaN unless complete
+gflops             float    GFLOPs as multiply-adds at the model's input size, batch 1 (DGE: the mean)
+gflops_min/_max    float    the range over the evaluation set (equal to gflops for static models)
+params             int      parameters (float with NaN only when some trial failed before counting)
+latency_ms         float    median latency in ms; NaN when latency was not measured
+latency_p90_ms     float    90th percentile latency in ms
+latency_source     str      how latency was obtained, device and batch size stated
+eval_seconds       float    wall time of the trial's evaluation
+feasible           bool     met every constraint
+failure_reason     str      "" when none
+backend            str      optuna or ray
+is_reference       bool     a hand-designed reference architecture (never part of the front)
+label              str      the reference's name, e.g. "all window_attn"; "" for searched trials
+=================  =======  ==========================================================================
+
+Columns beyond these are kept, after them, so a runner can record more without breaking readers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mixnas.atomic import atomic_write
+
+TRIAL_COLUMNS = [
+    "number", "state", "arch_id", "arch", "summary", "accuracy", "gflops", "gflops_min", "gflops_max",
+    "params", "latency_ms", "latency_p90_ms", "latency_source", "eval_seconds", "feasible",
+    "failure_reason", "backend", "is_reference", "label",
+]
+TRIAL_STATES = ["COMPLETE", "FAIL", "RUNNING", "PRUNED"]
+PARQUET_NAME = "trials.parquet"
+CSV_NAME = "trials.csv"
+
+_STR_COLUMNS = ["state", "arch_id", "arch", "summary", "latency_source", "failure_reason", "backend", "label"]
+_FLOAT_COLUMNS = [
+    "accuracy", "gflops", "gflops_min", "gflops_max", "latency_ms", "latency_p90_ms", "eval_seconds",
+]
+_BOOL_COLUMNS = ["feasible", "is_reference"]
+
+
+class ResultsError(ValueError):
+    """A run directory or trial table that cannot be read as results; the message names the path."""
+
+
+def empty_trials() -> pd.DataFrame:
+    """A trial table with no rows and every column at its dtype (what a run with no trials holds)."""
+    return check_trials(pd.DataFrame({c: [] for c in TRIAL_COLUMNS}))
+
+
+def check_trials(df: pd.DataFrame, source: str = "trial table") -> pd.DataFrame:
+    """Validate a trial table and return a copy with the contract's column order and dtypes.
+
+    Args:
+        df: one row per trial with at least the columns in ``TRIAL_COLUMNS``.
+        source: what to call the table in error messages (a file path when read from disk).
+
+    Raises:
+        ResultsError: a column is missing, a value has the wrong type, or a state is unknown.
+    """
+    missing = [c for c in TRIAL_COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultsError(
+            f"{source}: missing column {missing[0]!r}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+            + f"; a trial table has the columns {', '.join(TRIAL_COLUMNS)}"
+        )
+    extra = [c for c in df.columns if c not in TRIAL_COLUMNS]
+    out = df[TRIAL_COLUMNS + extra].reset_index(drop=True).copy()
+    converters = (
+        [(c, _as_str) for c in _STR_COLUMNS]
+        + [(c, _as_float) for c in _FLOAT_COLUMNS]
+        + [(c, _as_bool) for c in _BOOL_COLUMNS]
+        + [("number", _as_int), ("params", _as_int_or_nan)]
+    )
+    for col, convert in converters:
+        try:
+            out[col] = convert(out[col])
+        except (TypeError, ValueError, KeyError) as e:
+            raise ResultsError(f"{source}: column {col!r} has a value of the wrong type ({e})") from None
+    bad = sorted(set(out["state"]) - set(TRIAL_STATES))
+    if bad:
+        raise ResultsError(f"{source}: column 'state' has {bad[0]!r}; allowed: {', '.join(TRIAL_STATES)}")
+    return out
+
+
+def _as_str(col: pd.Series) -> pd.Series:
+    # CSV reads an empty string back as NaN; the contract says "" for "none".
+    return col.fillna("").astype(str)
+
+
+def _as_float(col: pd.Series) -> pd.Series:
+    return pd.to_numeric(col, errors="raise").astype("float64")
+
+
+def _as_bool(col: pd.Series) -> pd.Series:
+    if col.dtype == bool:
+        return col
+    # A CSV round trip, or a column with missing values, arrives as strings or objects.
+    words = {"true": True, "false": False, "1": True, "0": False, "1.0": True, "0.0": False}
+
+    def one(v: object) -> bool:
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return False
+        key = str(v).strip().lower()
+        if key not in words:
+            raise ValueError(f"{v!r} is not a boolean")
+        return words[key]
+
+    return col.map(one).astype(bool)
+
+
+def _as_int(col: pd.Series) -> pd.Series:
+    num = pd.to_numeric(col, errors="raise")
+    if num.isna().any():
+        raise ValueError("a missing value")
+    if not np.all(np.mod(num.to_numpy(dtype="float64"), 1) == 0):
+        raise ValueError("a non-integer value")
+    return num.astype("int64")
+
+
+def _as_int_or_nan(col: pd.Series) -> pd.Series:
+    """Integers, or float64 with NaN when some trial failed before it was counted."""
+    num = pd.to_numeric(col, errors="raise")
+    return num.astype("float64") if num.isna().any() else _as_int(num)
+
+
+def save_trials(df: pd.DataFrame, run_dir: str | Path) -> Path:
+    """Write the trial table to ``RUN_DIR/trials.parquet`` and ``RUN_DIR/trials.csv``, each atomically.
+
+    Args:
+        df: the trial table (validated with ``check_trials`` first).
+        run_dir: the run directory; created if missing.
+
+    Returns:
+        The path of the parquet file.
+    """
+    table = check_trials(df)
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    # Parquet keeps dtypes and is what load_trials reads; the CSV is for people and spreadsheets.
+    atomic_write(run / PARQUET_NAME, lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(run / CSV_NAME, lambda tmp: table.to_csv(tmp, index=False))
+    return run / PARQUET_NAME
+
+
+def load_trials(run_dir: str | Path) -> pd.DataFrame:
+    """Read a run's trial table as a DataFrame: the public way to get the trials.
+
+    Reads ``RUN_DIR/trials.parquet``, or ``RUN_DIR/trials.csv`` when the parquet file is missing,
+    then validates the columns and restores their dtypes (see the module docstring).
+
+    Args:
+        run_dir: a run directory (or the path of a ``trials.parquet``/``trials.csv`` file itself).
+
+    Raises:
+        ResultsError: the directory or the trials file does not exist, cannot be parsed, or misses
+            a column; the message names the path.
+    """
+    path = Path(run_dir)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = [p for p in (path / PARQUET_NAME, path / CSV_NAME) if p.is_file()]
+        if not files:
+            raise ResultsError(
+                f"{path}: no {PARQUET_NAME} or {CSV_NAME}; run `mixnas search {path}` to create trials"
+            )
+    else:
+        raise ResultsError(f"{path}: no such run directory")
+    file = files[0]
+    try:
+        # check_trials turns the CSV's NaN back into "" in the string columns.
+        df = pd.read_csv(file) if file.suffix == ".csv" else pd.read_parquet(file)
+    except Exception as e:  # pyarrow and the CSV parser raise many types; all mean "not a trial table".
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ResultsError(f"{file}: cannot be read as a trial table ({first})") from None
+    return check_trials(df, source=str(file))

@@ -1,0 +1,130 @@
+"""The Pareto front as a fixed-width text table (``mixnas results``) and as records (``--json``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import pandas as pd
+
+from mixnas.results.pareto import pareto_front, parse_objectives
+from mixnas.search_space.arch import ArchConfig
+
+
+@lru_cache(maxsize=4096)
+def parse_arch(arch_json: str) -> ArchConfig:
+    """The ArchConfig of a trial's ``arch`` column (cached: pages and tables read each many times)."""
+    return ArchConfig.from_dict(json.loads(arch_json))
+
+
+def stage_label(arch: ArchConfig, i: int) -> str:
+    """Stage ``i`` in a few words: mixer, depth, width, heads, MLP ratio, FFN (``win7 d2 c96 h3 r4 mlp``)."""
+    s = arch.stages[i]
+    return f"{s.mixer.short()} d{s.depth} c{s.dim} h{s.heads} r{s.mlp_ratio:g} {s.ffn.short()}"
+
+
+def stage_labels(arch_json: str) -> list[str]:
+    """``stage_label`` for every stage of a trial's ``arch`` JSON."""
+    arch = parse_arch(arch_json)
+    return [stage_label(arch, i) for i in range(len(arch.stages))]
+
+
+def _finite(v: Any) -> float | None:
+    """A float, or None for NaN/missing (JSON has no NaN)."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def pareto_records(df: pd.DataFrame, objectives: str | Sequence[str]) -> list[dict[str, Any]]:
+    """The Pareto front, cheapest first, as JSON-ready dicts (missing values are None).
+
+    Each record has number, arch_id, arch (a dict), summary, stages (a label per stage), accuracy
+    (top-1 %), gflops (multiply-adds, batch 1) with gflops_min/gflops_max, params, latency_ms,
+    latency_p90_ms and latency_source.
+
+    Args:
+        df: a trial table.
+        objectives: names from ``mixnas.results.pareto.OBJECTIVES``.
+    """
+    records = []
+    for row in pareto_front(df, parse_objectives(objectives)).itertuples(index=False):
+        params = _finite(row.params)
+        records.append({
+            "number": int(row.number),
+            "arch_id": row.arch_id,
+            "arch": json.loads(row.arch),
+            "summary": row.summary,
+            "stages": stage_labels(row.arch),
+            "accuracy": _finite(row.accuracy),
+            "gflops": _finite(row.gflops),
+            "gflops_min": _finite(row.gflops_min),
+            "gflops_max": _finite(row.gflops_max),
+            "params": None if params is None else int(params),
+            "latency_ms": _finite(row.latency_ms),
+            "latency_p90_ms": _finite(row.latency_p90_ms),
+            "latency_source": row.latency_source,
+        })
+    return records
+
+
+def format_gflops(gflops: float | None, lo: float | None, hi: float | None) -> str:
+    """``0.123``, or ``0.123 (0.101-0.150)`` when the count depends on the image (DGE)."""
+    if gflops is None:
+        return "-"
+    if lo is not None and hi is not None and not math.isclose(lo, hi, rel_tol=1e-6):
+        return f"{gflops:.3f} ({lo:.3f}-{hi:.3f})"
+    return f"{gflops:.3f}"
+
+
+def table_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the front table (shared by the text table and the HTML index)."""
+    n_stages = max((len(r["stages"]) for r in records), default=0)
+    stage_names = [f"stage {i + 1}" for i in range(n_stages)]
+    header = ["trial", *stage_names, "acc %", "GFLOPs", "params M", "latency ms"]
+    rows = []
+    for r in records:
+        stages = r["stages"] + [""] * (n_stages - len(r["stages"]))
+        rows.append([
+            str(r["number"]),
+            *stages,
+            "-" if r["accuracy"] is None else f"{r['accuracy']:.2f}",
+            format_gflops(r["gflops"], r["gflops_min"], r["gflops_max"]),
+            "-" if r["params"] is None else f"{r['params'] / 1e6:.3f}",
+            "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}",
+        ])
+    return header, rows
+
+
+def pareto_table(df: pd.DataFrame, objectives: str | Sequence[str]) -> str:
+    """The Pareto front as a fixed-width table, cheapest first.
+
+    One row per front trial: trial number, each stage as ``mixer dDEPTH cDIM hHEADS rRATIO FFN``,
+    accuracy (top-1 %), GFLOPs (multiply-adds, batch 1; DGE shows its range), params (millions),
+    median latency (ms, ``-`` when not measured).
+
+    Args:
+        df: a trial table.
+        objectives: names from ``mixnas.results.pareto.OBJECTIVES``.
+    """
+    objs = parse_objectives(objectives)
+    records = pareto_records(df, objs)
+    if not records:
+        return f"Pareto front ({', '.join(objs)}): empty, no feasible complete trials yet"
+    header, rows = table_rows(records)
+    widths = [max(len(c) for c in col) for col in zip(header, *rows)]
+    # Numbers read best right-aligned; the stage labels are text.
+    numeric = [i == 0 or i >= len(header) - 4 for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)
+        ).rstrip()
+
+    title = f"Pareto front ({', '.join(objs)}): {len(records)} architecture{'s' * (len(records) != 1)}"
+    return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])

@@ -1,0 +1,1 @@
+"""Candidate evaluation: accuracy, FLOPs, parameters and latency; the search runners."""

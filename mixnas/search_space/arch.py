@@ -1,0 +1,468 @@
+"""ArchConfig: one architecture, the format that searches export and that every model is built from.
+
+An architecture is a stem (patch embedding), one or more stages and a head. Each stage chooses its
+depth, width, heads, FFN and token mixer; the mixer carries its own parameters. The YAML form is::
+
+    name: swin_t
+    input_size: 224
+    num_classes: 1000
+    patch_size: 4
+    layout: hierarchical          # or isotropic (one stage, ViT/DeiT-like)
+    stages:
+      - {depth: 2, dim: 96, heads: 3, mlp_ratio: 4.0, ffn: mlp,
+         mixer: {type: window_attn, window_size: 7}}
+
+Windows and DGE regions must tile their stage's resolution exactly: mixnas rejects, rather than pads,
+a window that does not divide the feature map, so that FLOPs and latency describe the network as
+configured (a window at least as large as the map is allowed and means global attention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mixnas.search_space._fields import (
+    as_bool,
+    as_float,
+    as_int,
+    check_keys,
+    read_bool,
+    read_choice,
+    read_float,
+    read_int,
+    read_list,
+)
+from mixnas.atomic import atomic_write_text
+from mixnas.search_space.errors import ConfigError
+
+MIXER_TYPES = ["window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"]
+FFN_TYPES = ["mlp", "local"]
+LAYOUTS = ["hierarchical", "isotropic"]
+
+# Each mixer's own parameters: name -> default. The parser below gives each its type and range.
+MIXER_PARAMS: dict[str, dict[str, Any]] = {
+    "window_attn": {"window_size": 7, "rel_pos_bias": True},
+    "dwconv": {"kernel_size": 7},
+    "dyn_dwconv": {"kernel_size": 7, "inhomogeneous": False},
+    "refiner": {"window_size": 7, "expansion_ratio": 3, "kernel_size": 3, "rel_pos_bias": True},
+    "dge": {"granularities": (1, 2, 4), "gamma": 0.5, "kv_reduction": 1},
+}
+# Mixers with no norm before them and a BatchNorm before the FFN (DWNet).
+CONV_MIXERS = ("dwconv", "dyn_dwconv")
+ATTENTION_MIXERS = ("window_attn", "refiner")
+
+
+def parse_mixer_param(mixer: str, name: str, value: Any, field_path: str) -> Any:
+    """Check one mixer parameter's type and range; returns its canonical value."""
+    if name in ("window_size", "expansion_ratio", "kv_reduction"):
+        return as_int(value, field_path, 1)
+    if name == "kernel_size":
+        k = as_int(value, field_path, 1)
+        if k % 2 == 0:
+            raise ConfigError(f"{field_path}: {k} is even; kernel sizes must be odd (1, 3, 5, 7, ...)")
+        return k
+    if name in ("rel_pos_bias", "inhomogeneous"):
+        return as_bool(value, field_path)
+    if name == "gamma":
+        return as_float(value, field_path, 0.0, 1.0, low_open=True)
+    if name == "granularities":
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ConfigError(f"{field_path}: expected a non-empty list of integers such as [1, 2, 4]")
+        gs = tuple(as_int(g, f"{field_path}[{i}]", 1) for i, g in enumerate(value))
+        if len(set(gs)) != len(gs):
+            raise ConfigError(f"{field_path}: {list(gs)} repeats a granularity")
+        gs = tuple(sorted(gs))
+        region = gs[-1]
+        bad = [g for g in gs if region % g]
+        if bad:
+            raise ConfigError(
+                f"{field_path}: granularity {bad[0]} does not divide the region size {region} "
+                f"(the largest granularity); each must divide it, e.g. [1, 2, 4]"
+            )
+        return gs
+    raise ConfigError(f"{field_path}: unknown parameter for mixer {mixer!r}")  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class MixerConfig:
+    """A token mixer and its own parameters (only those of its type are set).
+
+    Args:
+        type: one of window_attn, dwconv, dyn_dwconv, refiner, dge.
+        window_size: window side in tokens (window_attn, refiner); >= the stage resolution is global.
+        rel_pos_bias: learned relative position bias, (2w-1)^2 x heads (window_attn, refiner).
+        kernel_size: depth-wise kernel side (dwconv, dyn_dwconv); the refiner's map-conv kernel side.
+        inhomogeneous: dyn_dwconv predicts a kernel per position and channel group (I-D-DWNet).
+        expansion_ratio: refiner's attention expansion e (heads H -> e*H).
+        granularities: DGE's granularity set; a region is max(set) tokens on a side.
+        gamma: DGE's target ratio of dynamic to static FLOPs for the budget loss.
+        kv_reduction: DGE's spatial reduction of keys and values (r x r average pooling).
+    """
+
+    type: str
+    window_size: int | None = None
+    rel_pos_bias: bool | None = None
+    kernel_size: int | None = None
+    inhomogeneous: bool | None = None
+    expansion_ratio: int | None = None
+    granularities: tuple[int, ...] | None = None
+    gamma: float | None = None
+    kv_reduction: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str = "mixer") -> MixerConfig:
+        if isinstance(d, str):
+            d = {"type": d}
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{path}: expected a mapping with 'type', got {d!r}")
+        mtype = read_choice(d, "type", path, MIXER_TYPES)
+        params = MIXER_PARAMS[mtype]
+        check_keys(d, {"type", *params}, f"{path} ({mtype})")
+        values = {
+            name: parse_mixer_param(mtype, name, d.get(name, default), f"{path}.{name}")
+            for name, default in params.items()
+        }
+        return cls(type=mtype, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type}
+        for name in MIXER_PARAMS[self.type]:
+            value = getattr(self, name)
+            out[name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @property
+    def region_size(self) -> int:
+        """DGE: a region is this many tokens on a side (the largest granularity)."""
+        assert self.granularities is not None
+        return max(self.granularities)
+
+    def short(self) -> str:
+        """A compact label such as ``win7``, ``dw7``, ``ddw7``, ``ref-w7e3k3`` or ``dge124``."""
+        t = self.type
+        if t == "window_attn":
+            return f"win{self.window_size}" + ("" if self.rel_pos_bias else "-nobias")
+        if t == "dwconv":
+            return f"dw{self.kernel_size}"
+        if t == "dyn_dwconv":
+            return ("iddw" if self.inhomogeneous else "ddw") + str(self.kernel_size)
+        if t == "refiner":
+            return f"ref-w{self.window_size}e{self.expansion_ratio}k{self.kernel_size}"
+        assert self.granularities is not None
+        r = f"-r{self.kv_reduction}" if self.kv_reduction and self.kv_reduction > 1 else ""
+        return "dge" + "".join(str(g) for g in self.granularities) + r
+
+
+@dataclass(frozen=True)
+class FFNConfig:
+    """The feed-forward network of a block.
+
+    Args:
+        type: ``mlp`` (Linear -> GELU -> Linear) or ``local`` (LocalViT: 1x1 conv, depth-wise 3x3, 1x1 conv).
+        se: squeeze-excitation inside the local FFN (LocalViT's ``hs+se``).
+    """
+
+    type: str = "mlp"
+    se: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str = "ffn") -> FFNConfig:
+        if isinstance(d, str):
+            d = {"type": d}
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{path}: expected 'mlp', 'local' or a mapping with 'type', got {d!r}")
+        ftype = read_choice(d, "type", path, FFN_TYPES)
+        check_keys(d, {"type", "se"} if ftype == "local" else {"type"}, f"{path} ({ftype})")
+        return cls(type=ftype, se=read_bool(d, "se", path, False))
+
+    def to_dict(self) -> dict[str, Any] | str:
+        return {"type": "local", "se": self.se} if self.type == "local" else "mlp"
+
+    def short(self) -> str:
+        return "mlp" if self.type == "mlp" else ("local-se" if self.se else "local")
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One stage: ``depth`` blocks of width ``dim`` sharing a mixer choice.
+
+    Args:
+        depth: number of blocks.
+        dim: channels C.
+        heads: attention heads (attention mixers, DGE) and channel groups (inhomogeneous dyn_dwconv).
+        mlp_ratio: FFN hidden width is int(dim * mlp_ratio).
+        ffn: the FFN.
+        mixer: the token mixer.
+    """
+
+    depth: int
+    dim: int
+    heads: int
+    mlp_ratio: float
+    ffn: FFNConfig
+    mixer: MixerConfig
+
+    @property
+    def hidden_dim(self) -> int:
+        return int(self.dim * self.mlp_ratio)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "dim": self.dim,
+            "heads": self.heads,
+            "mlp_ratio": self.mlp_ratio,
+            "ffn": self.ffn.to_dict(),
+            "mixer": self.mixer.to_dict(),
+        }
+
+
+STAGE_KEYS = {"depth", "dim", "heads", "mlp_ratio", "ffn", "mixer"}
+TOP_KEYS = {
+    "name", "input_size", "in_chans", "num_classes", "patch_size", "layout",
+    "pos_embed", "stem_norm", "drop_path_rate", "stages",
+}
+
+
+def stage_resolutions(input_size: int, patch_size: int, layout: str, num_stages: int) -> list[int]:
+    """Feature-map side of each stage: input/patch, halved by each patch merging when hierarchical."""
+    res = input_size // patch_size
+    out = []
+    for i in range(num_stages):
+        if i > 0 and layout == "hierarchical":
+            res //= 2
+        out.append(res)
+    return out
+
+
+def check_geometry(input_size: int, patch_size: int, layout: str, num_stages: int, source: str) -> list[int]:
+    """Validate that the stem and every patch merging tile the image; returns each stage's resolution."""
+    if input_size % patch_size:
+        raise ConfigError(
+            f"{source}patch_size: {patch_size} does not divide input_size {input_size}; pick a divisor"
+        )
+    if layout == "isotropic" and num_stages != 1:
+        raise ConfigError(f"{source}stages: an isotropic layout has exactly one stage, got {num_stages}")
+    res = input_size // patch_size
+    for i in range(1, num_stages):
+        if res % 2:
+            raise ConfigError(
+                f"{source}stages[{i}]: patch merging needs an even resolution but stage {i - 1} is "
+                f"{res}x{res}; use fewer stages, a larger input_size or a smaller patch_size"
+            )
+        res //= 2
+    return stage_resolutions(input_size, patch_size, layout, num_stages)
+
+
+def check_stage(stage: StageConfig, resolution: int, path: str) -> None:
+    """Check that a stage's sizes and mixer fit together and fit its resolution."""
+    if stage.dim % stage.heads:
+        raise ConfigError(f"{path}.heads: dim {stage.dim} is not divisible by heads {stage.heads}")
+    if stage.hidden_dim < 1:
+        raise ConfigError(f"{path}.mlp_ratio: {stage.mlp_ratio} gives an empty FFN at dim {stage.dim}")
+    m = stage.mixer
+    mp = f"{path}.mixer"
+    if m.type in ATTENTION_MIXERS:
+        w = m.window_size
+        assert w is not None
+        if w < resolution and resolution % w:
+            raise ConfigError(
+                f"{mp}.window_size: {w} does not tile the stage resolution {resolution}x{resolution}; "
+                f"use a divisor of {resolution} or a window >= {resolution} (global attention)"
+            )
+    if m.type == "dyn_dwconv" and stage.dim < 4:
+        raise ConfigError(f"{path}.dim: dyn_dwconv needs dim >= 4 (its kernel generator is dim/4 wide)")
+    if m.type == "dge":
+        s = m.region_size
+        if resolution % s:
+            raise ConfigError(
+                f"{mp}.granularities: region size {s} does not divide the stage resolution "
+                f"{resolution}x{resolution}; use a set whose largest value divides {resolution}"
+            )
+        assert m.kv_reduction is not None
+        if resolution % m.kv_reduction:
+            raise ConfigError(
+                f"{mp}.kv_reduction: {m.kv_reduction} does not divide the stage resolution {resolution}"
+            )
+        if stage.ffn.type == "local":
+            raise ConfigError(
+                f"{path}.ffn: 'local' cannot be combined with mixer dge (DGE runs the FFN on sparse "
+                f"queries, which have no 2-D layout); use ffn: mlp"
+            )
+
+
+def parse_stage(d: Any, path: str) -> StageConfig:
+    check_keys(d, STAGE_KEYS, path)
+    return StageConfig(
+        depth=read_int(d, "depth", path),
+        dim=read_int(d, "dim", path),
+        heads=read_int(d, "heads", path),
+        mlp_ratio=read_float(d, "mlp_ratio", path, 4.0, low=0.0, low_open=True),
+        ffn=FFNConfig.from_dict(d.get("ffn", "mlp"), f"{path}.ffn"),
+        mixer=MixerConfig.from_dict(d.get("mixer", {"type": "window_attn"}), f"{path}.mixer"),
+    )
+
+
+@dataclass(frozen=True)
+class ArchConfig:
+    """One architecture: stem, stages, head.
+
+    Args:
+        input_size: image side in pixels (square inputs).
+        num_classes: classifier outputs.
+        patch_size: the stem is a conv with kernel = stride = patch_size.
+        layout: ``hierarchical`` (Swin-like, a patch merging between stages) or ``isotropic`` (one stage).
+        stages: the stages, first to last.
+        in_chans: input channels.
+        pos_embed: a learned absolute position embedding added after the stem (DeiT).
+        stem_norm: a LayerNorm after the stem conv (Swin has it, DeiT does not).
+        drop_path_rate: stochastic depth at the last block; rises linearly from 0 over the blocks.
+        name: a label; not part of the architecture's identity (``arch_id``).
+    """
+
+    input_size: int
+    num_classes: int
+    patch_size: int
+    layout: str
+    stages: tuple[StageConfig, ...]
+    in_chans: int = 3
+    pos_embed: bool = False
+    stem_norm: bool = True
+    drop_path_rate: float = 0.0
+    name: str | None = field(default=None, compare=False)
+
+    # ----------------------------------------------------------------------------------------- parsing
+    @classmethod
+    def from_dict(cls, d: Any, source: str | None = None) -> ArchConfig:
+        """Parse and validate; a bad value raises ConfigError naming ``source`` and the field."""
+        prefix = f"{source}: " if source else ""
+        try:
+            check_keys(d, TOP_KEYS, "config")
+            stages_raw = read_list(d, "stages", "")
+            layout = read_choice(d, "layout", "", LAYOUTS, "hierarchical")
+            input_size = read_int(d, "input_size", "")
+            patch_size = read_int(d, "patch_size", "", 4)
+            stages = tuple(parse_stage(s, f"stages[{i}]") for i, s in enumerate(stages_raw))
+            name = d.get("name")
+            if name is not None and not isinstance(name, str):
+                raise ConfigError(f"name: expected a string, got {name!r}")
+            arch = cls(
+                input_size=input_size,
+                num_classes=read_int(d, "num_classes", ""),
+                patch_size=patch_size,
+                layout=layout,
+                stages=stages,
+                in_chans=read_int(d, "in_chans", "", 3),
+                pos_embed=read_bool(d, "pos_embed", "", False),
+                stem_norm=read_bool(d, "stem_norm", "", True),
+                drop_path_rate=read_float(d, "drop_path_rate", "", 0.0, low=0.0, high=0.99),
+                name=name,
+            )
+            arch.validate()
+        except ConfigError as e:
+            raise ConfigError(prefix + str(e)) from None
+        return arch
+
+    def validate(self) -> None:
+        """Check geometry and every stage against its resolution; raises ConfigError."""
+        resolutions = check_geometry(self.input_size, self.patch_size, self.layout, len(self.stages), "")
+        for i, (stage, res) in enumerate(zip(self.stages, resolutions)):
+            check_stage(stage, res, f"stages[{i}]")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ArchConfig:
+        return cls.from_dict(_load_file(path, "yaml"), source=str(path))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ArchConfig:
+        return cls.from_dict(_load_file(path, "json"), source=str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ArchConfig:
+        """Read YAML or JSON, by the file's suffix."""
+        kind = "json" if str(path).endswith(".json") else "yaml"
+        return cls.from_dict(_load_file(path, kind), source=str(path))
+
+    # ------------------------------------------------------------------------------------------- output
+    def to_dict(self, with_name: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if with_name and self.name is not None:
+            out["name"] = self.name
+        out.update(
+            input_size=self.input_size,
+            in_chans=self.in_chans,
+            num_classes=self.num_classes,
+            patch_size=self.patch_size,
+            layout=self.layout,
+            pos_embed=self.pos_embed,
+            stem_norm=self.stem_norm,
+            drop_path_rate=self.drop_path_rate,
+            stages=[s.to_dict() for s in self.stages],
+        )
+        return out
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2) + "\n"
+        if path is not None:
+            atomic_write_text(path, text)
+        return text
+
+    def canonical_json(self) -> str:
+        """Sorted, compact JSON of the architecture without its name: the basis of ``arch_id``."""
+        return json.dumps(self.to_dict(with_name=False), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def arch_id(self) -> str:
+        """A stable 12-hex-digit id: equal architectures have equal ids whatever their names."""
+        return hashlib.sha1(self.canonical_json().encode()).hexdigest()[:12]
+
+    # ------------------------------------------------------------------------------------------ queries
+    @property
+    def resolutions(self) -> list[int]:
+        """Feature-map side (tokens) of each stage."""
+        return stage_resolutions(self.input_size, self.patch_size, self.layout, len(self.stages))
+
+    @property
+    def depth(self) -> int:
+        return sum(s.depth for s in self.stages)
+
+    def with_name(self, name: str | None) -> ArchConfig:
+        return replace(self, name=name)
+
+    def summary(self) -> str:
+        """One line per architecture: ``win7/d2/96 | dw7/d2/192 | ...``."""
+        return " | ".join(
+            f"{s.mixer.short()}/d{s.depth}/c{s.dim}/h{s.heads}/r{s.mlp_ratio:g}/{s.ffn.short()}"
+            for s in self.stages
+        )
+
+
+def _load_file(path: str | Path, kind: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot be read ({e.__class__.__name__})") from None
+    try:
+        data = json.loads(text) if kind == "json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
+        raise ConfigError(f"{p}: not valid {kind.upper()} ({first})") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data

@@ -71,17 +71,27 @@ MIXER_COLORS = {
 }
 FRONT_COLOR = "#d62728"
 _UNITS = {"accuracy": "%", "gflops": "GFLOPs", "params": "", "latency": "ms"}
+_NAMES = {"accuracy": "accuracy", "gflops": "GFLOPs", "params": "params", "latency": "latency"}
 _PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 
 
 # ------------------------------------------------------------------------------------------ formatting
+def _names(objectives: Sequence[str]) -> str:
+    """``accuracy, GFLOPs, latency``."""
+    return ", ".join(_NAMES[o] for o in objectives)
+
+
 def format_reference(reference: Mapping[str, float]) -> str:
-    """``accuracy 0 %, GFLOPs 0.1234, latency 5.678 ms``: a reference point as people read it."""
+    """``accuracy 0 %, GFLOPs 0.1234, latency 5.678 ms``: a reference point as people read it.
+
+    Args:
+        reference: objective name -> value in the objective's own units.
+    """
     parts = []
     for name, value in reference.items():
         unit = _UNITS[name]
-        label = "GFLOPs" if name == "gflops" else name
-        parts.append(f"{label} {value:.4g}" if unit in ("GFLOPs", "") else f"{label} {value:.4g} {unit}")
+        number = f"{_NAMES[name]} {value:.4g}"
+        parts.append(number if unit in ("GFLOPs", "") else f"{number} {unit}")
     return ", ".join(parts)
 
 
@@ -98,11 +108,13 @@ def _hover_data(df: pd.DataFrame) -> list[list[Any]]:
     rows = []
     for r in df.itertuples(index=False):
         who = f"reference: {r.label}" if r.is_reference else f"trial {r.number}"
-        stages = "<br>".join(f"stage {i + 1}: {s}" for i, s in enumerate(str(r.summary).split(" | ")))
+        stages = "<br>".join(
+            f"stage {i + 1}: {html.escape(s)}" for i, s in enumerate(str(r.summary).split(" | "))
+        )
         rows.append([
             int(r.number),
             html.escape(who),
-            html.escape(stages, quote=False).replace("&lt;br&gt;", "<br>"),
+            stages,
             _fmt(r.accuracy, ".2f"),
             format_gflops(_finite(r.gflops), _finite(r.gflops_min), _finite(r.gflops_max)),
             _fmt(float(r.params) / 1e6, ".3f"),
@@ -168,7 +180,7 @@ def scatter_figure(df: pd.DataFrame, cost: str, objectives: Sequence[str]) -> go
     add(infeasible, "infeasible", mode="markers", opacity=0.6,
         marker=dict(color="#999999", symbol="x", size=8))
     if set(objs) != set(plane):
-        add(plotted[on_full], f"on the front of {', '.join(objs)}", mode="markers",
+        add(plotted[on_full], f"on the front of {_names(objs)}, off this plane's", mode="markers",
             marker=dict(color=FRONT_COLOR, symbol="circle-open", size=10, line=dict(width=2)))
     add(front, "Pareto front", mode="lines+markers", marker=dict(color=FRONT_COLOR, size=10),
         line=dict(color=FRONT_COLOR, width=2, shape="hv"))
@@ -214,7 +226,7 @@ def scatter3d_figure(df: pd.DataFrame, axes: Sequence[str], objectives: Sequence
     add(refs, "reference architectures", mode="markers+text", text=list(refs["label"]),
         marker=dict(color="black", symbol="diamond", size=5))
     fig.update_layout(
-        title=f"Objectives in 3-D; red: the front of {', '.join(objs)} ({int(on_front.sum())} trials)",
+        title=f"Objectives in 3-D; red: the front of {_names(objs)} ({int(on_front.sum())} trials)",
         scene=dict(xaxis_title=OBJECTIVE_LABELS[axes[0]], yaxis_title=OBJECTIVE_LABELS[axes[1]],
                    zaxis_title=OBJECTIVE_LABELS[axes[2]]),
         height=750, template="plotly_white",
@@ -238,7 +250,7 @@ def hypervolume_figure(
         x=history["number"], y=history["hypervolume"], mode="lines+markers", name="hypervolume",
         line=dict(shape="hv", color=FRONT_COLOR), hovertemplate="trial %{x}<br>hypervolume %{y:.6g}",
     ))
-    directions = ", ".join(f"{o} ({OBJECTIVES[o]})" for o in objs)
+    directions = ", ".join(f"{_NAMES[o]} ({OBJECTIVES[o]})" for o in objs)
     fig.update_layout(
         title=f"Hypervolume over trials: {directions}"
               f"<br><sup>reference point: {format_reference(reference)}</sup>",
@@ -389,7 +401,7 @@ def write_pages(
     summary = [
         ("trials", f"{len(searched)} searched: {by_state}; {n_infeasible} complete but infeasible"),
         ("reference architectures", str(int(df["is_reference"].sum()))),
-        ("objectives", ", ".join(f"{OBJECTIVE_LABELS[o]} ({OBJECTIVES[o]})" for o in (used or objs))),
+        ("objectives", ", ".join(f"{_NAMES[o]} ({OBJECTIVES[o]})" for o in (used or objs))),
     ]
     sources = sorted({s for s in complete["latency_source"] if s})
     if sources:
@@ -449,6 +461,11 @@ def write_pages(
     for key, file, body in pages:
         page = _page(f"{PAGE_TITLES[key]} - {title}", f"{title}: {PAGE_TITLES[key]}", body, nav)
         atomic_write_text(out / file, page)
+    # A page from an earlier call (latency measured then, not now) would contradict the new index.
+    written = {file for _, file, _ in pages}
+    for file in PAGE_FILES.values():
+        if file not in written:
+            (out / file).unlink(missing_ok=True)
 
     items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>\n" for k, v in summary)
     index_body.insert(0, f"<ul>\n{items}</ul>")
@@ -461,7 +478,7 @@ def write_pages(
     if used and ok.any():
         header, rows = table_rows(pareto_records(df, used))
         numeric = [i == 0 or i >= len(header) - 4 for i in range(len(header))]
-        index_body.append(f"<h2>Pareto front ({html.escape(', '.join(used))}), cheapest first</h2>\n"
+        index_body.append(f"<h2>Pareto front ({html.escape(_names(used))}), cheapest first</h2>\n"
                           + _html_table(header, rows, numeric))
     refs = df[df["is_reference"] & (df["state"] == "COMPLETE")]
     if len(refs):
@@ -527,15 +544,19 @@ def screenshot(
     target = Path(png_path)
 
     def shoot(tmp: str) -> None:
-        res = _run_chromium([
-            f"--screenshot={tmp}", f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=10000",
-            page.as_uri(),
-        ], timeout)
-        if res.returncode != 0 or Path(tmp).stat().st_size == 0:
-            tail = res.stderr.strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(
-                f"{page}: Chromium failed to take a screenshot (exit {res.returncode}: {tail[0]})"
-            )
+        # Chromium picks the image format from the file name, so it writes shot.png, not the .tmp file.
+        with tempfile.TemporaryDirectory(prefix="mixnas-shot-") as folder:
+            shot = Path(folder) / "shot.png"
+            res = _run_chromium([
+                f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=10000",
+                page.as_uri(),
+            ], timeout)
+            if res.returncode != 0 or not shot.is_file() or shot.stat().st_size == 0:
+                tail = res.stderr.strip().splitlines()[-1:] or ["no output"]
+                raise RuntimeError(
+                    f"{page}: Chromium failed to take a screenshot (exit {res.returncode}: {tail[0]})"
+                )
+            shutil.copyfile(shot, tmp)
 
     atomic_write(target, shoot)
     return target

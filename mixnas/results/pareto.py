@@ -137,9 +137,14 @@ def non_dominated_rank(values: np.ndarray, directions: Sequence[str]) -> np.ndar
     return rank
 
 
+def _flag(col: pd.Series) -> pd.Series:
+    # A table not yet through check_trials may hold NaN here; plain astype(bool) would make it True.
+    return col.astype("boolean").fillna(False).astype(bool)
+
+
 def candidates(df: pd.DataFrame, objectives: Sequence[str]) -> pd.Series:
     """Trials that can be on a front: complete, feasible, searched, with every objective finite."""
-    ok = (df["state"] == "COMPLETE") & df["feasible"].astype(bool) & ~df["is_reference"].astype(bool)
+    ok = (df["state"] == "COMPLETE") & _flag(df["feasible"]) & ~_flag(df["is_reference"])
     for o in objectives:
         ok &= np.isfinite(pd.to_numeric(df[objective_column(o)], errors="coerce").astype(float))
     return ok
@@ -305,7 +310,7 @@ def hypervolume_history(
         non-decreasing, since a trial can only add to the dominated region.
     """
     objs = parse_objectives(objectives)
-    searched = df[~df["is_reference"].astype(bool)].sort_values("number", kind="stable")
+    searched = df[~_flag(df["is_reference"])].sort_values("number", kind="stable")
     if reference is None:
         reference = default_reference(df, objs)
     directions = directions_of(objs)

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from mixnas.atomic import atomic_write_text
 from mixnas.search_space._fields import (
     as_bool,
     as_float,
@@ -39,7 +40,6 @@ from mixnas.search_space._fields import (
     read_int,
     read_list,
 )
-from mixnas.atomic import atomic_write_text
 from mixnas.search_space.errors import ConfigError
 
 MIXER_TYPES = ["window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"]

@@ -114,7 +114,7 @@ class WindowAttention(nn.Module):
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         windows = window_partition(x, window)  # (B, nW, N, C)
         nw, n = windows.shape[1], windows.shape[2]
-        qkv = self.qkv(windows).view(b, nw, n, 3, heads, c // heads).permute(3, 0, 1, 4, 2, 5)
+        qkv = self.qkv(windows, c).view(b, nw, n, 3, heads, c // heads).permute(3, 0, 1, 4, 2, 5)
         q, k, v = qkv.unbind(0)
         mask = None
         if rel_pos_bias:
@@ -130,7 +130,7 @@ class WindowAttention(nn.Module):
     def merge_windows(self, out: Tensor, b: int, h: int, w: int, window: int, shift: int) -> Tensor:
         """(B, nW, heads, N, head_dim) -> proj -> (B, H, W, C), un-rolled."""
         bsz, nw, heads, n, hd = out.shape
-        out = self.proj(out.transpose(2, 3).reshape(bsz, nw, n, heads * hd))
+        out = self.proj(out.transpose(2, 3).reshape(bsz, nw, n, heads * hd), heads * hd)
         x = window_reverse(out, window, h, w)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))

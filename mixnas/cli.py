@@ -68,6 +68,46 @@ def format_profile_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- supernet
+def train_config_from_args(args: argparse.Namespace):
+    from mixnas.supernet.training import TrainConfig
+
+    return TrainConfig(
+        data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        num_random=args.num_random, distill=not args.no_distill, budget_weight=args.budget_weight,
+        clip_grad=args.clip_grad, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
+        calib_batches=args.calib_batches, workers=args.workers,
+    )
+
+
+def cmd_supernet_train(args: argparse.Namespace) -> int:
+    from mixnas.search_space import SearchSpace
+    from mixnas.supernet.training import train_supernet
+
+    space = SearchSpace.from_yaml(args.space)
+    train_supernet(space, args.out, train_config_from_args(args), device=args.device, progress=not args.quiet)
+    return 0
+
+
+def add_training_arguments(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
+    p.add_argument("--data", default="digits", help="digits (embedded), cifar:PATH or imagefolder:PATH")
+    p.add_argument("--epochs", type=positive_int, default=epochs, help="total epochs (raise it to train further)")
+    p.add_argument("--out", required=True, type=Path, help="run directory (created; resumed when it exists)")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per step (per process)")
+    p.add_argument("--lr", type=positive_float, default=lr, help="peak AdamW learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
+    p.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip (0 disables)")
+    p.add_argument("--seed", type=int, default=0, help="seeds data order, augmentation and sampling")
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on steps per epoch (0: whole training set)")
+    p.add_argument("--calib-batches", type=positive_int, default=10, help="batches for BatchNorm recalibration")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def positive_int(text: str) -> int:
     try:
@@ -109,6 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop timing an architecture after this long (at least 5 runs)")
     p.add_argument("--no-latency", action="store_true", help="count parameters and FLOPs only")
     p.set_defaults(func=cmd_profile)
+
+    sn = sub.add_parser("supernet", help="train the weight-sharing supernet").add_subparsers(
+        dest="supernet_command", required=True, metavar="ACTION")
+    p = sn.add_parser("train", help="sandwich-rule training with in-place distillation (resumable; torchrun for DDP)")
+    p.add_argument("--space", required=True, help="search space YAML")
+    add_training_arguments(p, epochs=10, batch_size=64, lr=2e-3)
+    p.add_argument("--num-random", type=int, default=2, help="random architectures per step (sandwich rule)")
+    p.add_argument("--no-distill", action="store_true", help="train every architecture on the labels")
+    p.add_argument("--budget-weight", type=float, default=1.0, help="weight of DGE's budget loss")
+    p.set_defaults(func=cmd_supernet_train)
     return parser
 
 

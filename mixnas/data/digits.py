@@ -88,8 +88,10 @@ def _digit_bank(sources: np.ndarray, sizes: range) -> dict[int, np.ndarray]:
     }
 
 
-def _other_class(pool: np.ndarray, labels: np.ndarray, avoid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Draw from ``pool`` once per entry of ``avoid`` (a label array), never picking a source of that label."""
+def _other_class(
+    pool: np.ndarray, labels: np.ndarray, avoid: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw from ``pool`` once per entry of ``avoid`` (labels), never a source of that entry's label."""
     pick = rng.choice(pool, size=avoid.shape)
     clash = labels[pick] == avoid
     while clash.any():  # ~1/10 clash per round, so this ends after a handful of rounds
@@ -181,7 +183,7 @@ def make_digits(
 ) -> tuple[DigitRenders, DigitRenders]:
     """Build the train and val splits of the digits task.
 
-    With the defaults: 1437 train sources x 5 = 7185 train images and 360 val sources x 2 = 720 val
+    With the defaults: 1438 train sources x 5 = 7190 train images and 359 val sources x 2 = 718 val
     images, 3 x 32 x 32 uint8, rendered in well under a second.
 
     Args:
@@ -191,7 +193,8 @@ def make_digits(
         val_renders: renders of each val source digit.
         val_fraction: the share of source digits (per class) held out for val.
     """
-    from sklearn.datasets import load_digits  # imported here: sklearn is slow to import and only digits needs it
+    # Imported here: scikit-learn takes seconds to import and only the digits task needs it.
+    from sklearn.datasets import load_digits
 
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -209,6 +212,7 @@ def make_digits(
     size_lo, size_hi = _scaled(DIGIT_SIZE, canvas_size)
     bank = _digit_bank(sources, range(size_lo, size_hi + 1))
     # Separate streams: changing the number of train renders leaves val unchanged, and vice versa.
-    train = render_digits(bank, labels, train_idx, train_renders, canvas_size, np.random.default_rng([seed, 1]))
-    val = render_digits(bank, labels, val_idx, val_renders, canvas_size, np.random.default_rng([seed, 2]))
+    train_rng, val_rng = np.random.default_rng([seed, 1]), np.random.default_rng([seed, 2])
+    train = render_digits(bank, labels, train_idx, train_renders, canvas_size, train_rng)
+    val = render_digits(bank, labels, val_idx, val_renders, canvas_size, val_rng)
     return train, val

@@ -89,15 +89,15 @@ class DynamicGrainedEncoder(nn.Module):
             kv = F.avg_pool2d(kv.permute(0, 3, 1, 2), kv_reduction).permute(0, 2, 3, 1)
             assert self.kv_norm is not None, "built without kv_norm"
             kv = self.kv_norm(kv)
-        kv = self.kv(kv.reshape(b, -1, c)).view(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+        kv = self.kv(kv.reshape(b, -1, c), c).view(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
     def query_update(self, tokens: Tensor, k: Tensor, v: Tensor, block: Block, heads: int, hidden: int) -> Tensor:
         """tokens: (B, L, C) pooled queries -> (B, L, C) their update from attention and the FFN."""
         b, n, c = tokens.shape
-        q = self.q(block.norm1(tokens)).view(b, n, heads, c // heads).transpose(1, 2)
+        q = self.q(block.norm1(tokens), c).view(b, n, heads, c // heads).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
-        y = tokens + self.proj(attn)
+        y = tokens + self.proj(attn, c)
         y = y + block.ffns["mlp"](block.norm2(y), hidden)
         return y - tokens
 
@@ -122,7 +122,6 @@ class DynamicGrainedEncoder(nn.Module):
         """x: (B, H, W, C) -> (B, H, W, C). ``choice`` (B, H/S, W/S) of set indices overrides the router."""
         b, h, w, c = x.shape
         gs = list(granularities)
-        s = max(gs)
         logits = self.route(x, gs)
         if choice is not None:
             gates = F.one_hot(choice, len(gs)).to(x.dtype)
@@ -184,15 +183,16 @@ class DynamicGrainedEncoder(nn.Module):
         self.num_queries = tokens.shape[0]
         # Pack each image's queries into a padded (B, L, C) batch: the attention needs the image's keys.
         order = torch.argsort(owner, stable=True)
-        counts = torch.bincount(owner, minlength=b)
+        # Counted with index_add_ rather than bincount, which fvcore has no handle for (a free op either way).
+        counts = torch.zeros(b, dtype=owner.dtype, device=x.device).index_add_(0, owner, torch.ones_like(owner))
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(tokens.shape[0], device=x.device) - starts[owner[order]]
         padded = tokens.new_zeros(b, int(counts.max()), c)
         padded[owner[order], slot] = tokens[order]
-        q = self.q(block.norm1(padded)).view(b, -1, heads, c // heads).transpose(1, 2)
+        q = self.q(block.norm1(padded), c).view(b, -1, heads, c // heads).transpose(1, 2)
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
         y = tokens.clone()
-        y[order] = tokens[order] + self.proj(attn[owner[order], slot])
+        y[order] = tokens[order] + self.proj(attn[owner[order], slot], c)
         y = y + block.ffns["mlp"](block.norm2(y), hidden)
         delta = y - tokens
         # Scatter: each query's update covers its (S/g) x (S/g) sub-patch of its region.

@@ -1,0 +1,10 @@
+"""Datasets the supernet trains on: the embedded ``digits`` task, CIFAR-10/100 pickles, ImageFolder trees.
+
+``load_dataset(spec, input_size)`` is the entry point; ``make_loader`` wraps a dataset in a DataLoader whose
+shuffling is fixed by a seed.
+"""
+
+from mixnas.data.folders import DataError
+from mixnas.data.loaders import DatasetBundle, load_dataset, make_loader
+
+__all__ = ["DataError", "DatasetBundle", "load_dataset", "make_loader"]

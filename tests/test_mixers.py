@@ -1,0 +1,471 @@
+"""Tests of the mixers and FFNs: shapes, gradients, determinism, Swin's shifted windows, DGE's two paths
+and its query counts, and the supernet's consistency with the standalone models it hands out.
+
+Architectures are small: 32x32 images, patch 4 (8x8 tokens, 4x4 after a patch merging), widths 16-32.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mixnas.search.profiler import count_params
+from mixnas.search_space import ArchConfig, SearchSpace
+from mixnas.supernet.backbone import MixerNet, build_model, count_dge_queries
+from mixnas.supernet.dge import DynamicGrainedEncoder
+from mixnas.supernet.dwconv import DWConvMixer
+from mixnas.supernet.dyn_dwconv import DynamicDWConvMixer
+from mixnas.supernet.ffn import ElasticMlp, LocalFFN
+from mixnas.supernet.refiner import RefinerAttention
+from mixnas.supernet.supernet import Supernet
+from mixnas.supernet.window_attn import WindowAttention, effective_window
+
+INPUT = 32
+PATCH = 4
+RES = INPUT // PATCH  # tokens per side in the first stage
+
+WINDOW_ATTN = {"type": "window_attn", "window_size": 4}  # shifted in odd blocks of the 8x8 stage
+MIXERS: dict[str, dict[str, Any]] = {
+    "window_attn": WINDOW_ATTN,
+    "window_attn-nobias": {"type": "window_attn", "window_size": 4, "rel_pos_bias": False},
+    "global_attn": {"type": "window_attn", "window_size": 8},
+    "dwconv": {"type": "dwconv", "kernel_size": 3},
+    "dyn_dwconv": {"type": "dyn_dwconv", "kernel_size": 3},
+    "dyn_dwconv-inhomogeneous": {"type": "dyn_dwconv", "kernel_size": 5, "inhomogeneous": True},
+    "refiner": {"type": "refiner", "window_size": 4, "expansion_ratio": 2, "kernel_size": 3},
+    "dge": {"type": "dge", "granularities": [1, 2]},
+    "dge-kv2": {"type": "dge", "granularities": [1, 2], "kv_reduction": 2},
+    "dge-set24": {"type": "dge", "granularities": [2, 4]},  # router rows of g = 1 and 3 unused
+}
+# (mixer, ffn) pairs run end to end; every mixer with mlp, the local FFN with an attention and a conv mixer.
+CASES = [(m, "mlp") for m in MIXERS] + [
+    ("window_attn", {"type": "local", "se": False}),
+    ("window_attn", {"type": "local", "se": True}),
+    ("dwconv", {"type": "local", "se": True}),
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """The tensors are tiny: on a shared machine intra-op threads only add contention (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_arch(
+    mixer: dict[str, Any], ffn: Any = "mlp", stages: int = 2, depth: int = 2, dim: int = 16,
+    drop_path_rate: float = 0.0,
+) -> ArchConfig:
+    """Stage i has width dim * 2**i and 2 heads; mlp ratio 2."""
+    return ArchConfig.from_dict({
+        "input_size": INPUT, "num_classes": 5, "patch_size": PATCH, "drop_path_rate": drop_path_rate,
+        "stages": [
+            {"depth": depth, "dim": dim * 2**i, "heads": 2, "mlp_ratio": 2.0, "ffn": ffn, "mixer": mixer}
+            for i in range(stages)
+        ],
+    })
+
+
+def images(batch: int = 2, seed: int = 0) -> Tensor:
+    return torch.randn(batch, 3, INPUT, INPUT, generator=torch.Generator().manual_seed(seed))
+
+
+def dge_modules(model: MixerNet) -> list[DynamicGrainedEncoder]:
+    return [m for m in model.modules() if isinstance(m, DynamicGrainedEncoder)]
+
+
+# A bias right before a BatchNorm that uses batch statistics has, analytically, zero gradient in training
+# (the norm subtracts the per-channel mean). Such parameters must still get a gradient in eval mode.
+BIAS_BEFORE_BN = ("mixers.dwconv.conv.bias", "mixers.dyn_dwconv.static_bias", "mixers.dyn_dwconv.i_reduce.bias")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every mixer and FFN end to end
+
+
+def case_id(mixer: str, ffn: Any) -> str:
+    return f"{mixer}-" + (ffn if isinstance(ffn, str) else ffn["type"] + ("-se" if ffn["se"] else ""))
+
+
+@pytest.mark.parametrize("mixer, ffn", CASES, ids=[case_id(m, f) for m, f in CASES])
+def test_shapes_gradients_and_determinism(mixer: str, ffn: Any) -> None:
+    torch.manual_seed(0)
+    arch = make_arch(MIXERS[mixer], ffn)
+    model = build_model(arch).train()
+    x = images()
+    assert model.forward_features(x, arch).shape == (2, RES // 2, RES // 2, 32)
+
+    y = model(x)
+    assert y.shape == (2, 5)
+    loss = (y * torch.randn_like(y)).sum()
+    budget = model.dge_budget_loss()
+    assert (budget is None) == (not mixer.startswith("dge"))
+    if budget is not None:
+        loss = loss + budget
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+        if name.endswith("mixers.dge.router.weight") or name.endswith("mixers.dge.router.bias"):
+            used = torch.tensor([g - 1 for g in arch.stages[0].mixer.granularities])
+            unused = torch.ones(p.shape[0], dtype=torch.bool)
+            unused[used] = False
+            assert (p.grad[unused] == 0).all(), name  # rows of granularities outside the set
+            assert (p.grad[used].abs().reshape(len(used), -1).sum(1) > 0).all(), name
+        elif not name.endswith(BIAS_BEFORE_BN):
+            assert p.grad.abs().sum() > 0, name
+
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+    if mixer.startswith("dyn_dwconv") or mixer == "dwconv":
+        model.zero_grad()
+        model(x).sum().backward()
+        for name, p in model.named_parameters():
+            if name.endswith(BIAS_BEFORE_BN):
+                assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize(
+    "module, kwargs",
+    [
+        (WindowAttention(16, 2, 4), {"heads": 2, "window_size": 4, "block_index": 1}),
+        (RefinerAttention(16, 2, 4, 3, 3), {"heads": 2, "window_size": 4, "block_index": 1,
+                                            "expansion_ratio": 3, "kernel_size": 3}),
+        (DWConvMixer(16, 5), {"kernel_size": 5}),
+        (DynamicDWConvMixer(16, 3), {"kernel_size": 3}),
+        (DynamicDWConvMixer(16, 3, False, True, 4), {"kernel_size": 3, "inhomogeneous": True, "groups": 4}),
+        (ElasticMlp(16, 24), {"hidden": 24}),
+        (LocalFFN(16, 32, se=True), {"hidden": 32, "se": True}),
+    ],
+    ids=["window_attn", "refiner", "dwconv", "dyn_dwconv", "dyn_dwconv-inhomogeneous", "mlp", "local-se"],
+)
+def test_direct_call_shapes(module: torch.nn.Module, kwargs: dict[str, Any]) -> None:
+    """Mixers and FFNs map channels-last tokens (B, H, W, C) to the same shape (convs: non-square too)."""
+    attention = isinstance(module, (WindowAttention, RefinerAttention))
+    x = torch.randn(2, 8, 8, 16) if attention else torch.randn(2, 8, 4, 16)
+    assert module(x, **kwargs).shape == x.shape
+
+
+# ----------------------------------------------------------------------------------------------------
+# Window attention: shifts, masks, relative position bias
+
+
+def test_effective_window() -> None:
+    assert effective_window(4, 8, 0) == (4, 0)
+    assert effective_window(4, 8, 1) == (4, 2)
+    assert effective_window(4, 8, 3) == (4, 2)
+    assert effective_window(4, 4, 1) == (4, 0)  # the window is the whole map: no shift
+    assert effective_window(7, 4, 1) == (4, 0)  # larger than the map: global attention
+
+
+def influenced(mixer: WindowAttention, block_index: int, token: tuple[int, int]) -> set[tuple[int, int]]:
+    """Output positions that change when the input token at ``token`` changes (8x8 map, window 4)."""
+    x = torch.randn(1, 8, 8, 16, generator=torch.Generator().manual_seed(0))
+    x2 = x.clone()
+    x2[0, token[0], token[1]] += 1.0
+    with torch.no_grad():
+        diff = (mixer(x2, 2, 4, block_index) - mixer(x, 2, 4, block_index)).abs().amax(-1)[0]
+    return {(int(i), int(j)) for i, j in (diff > 1e-6).nonzero()}
+
+
+def square(rows: range, cols: range) -> set[tuple[int, int]]:
+    return {(i, j) for i in rows for j in cols}
+
+
+def test_shifted_windows_attend_within_shifted_regions() -> None:
+    """Block 0 attends within the 4x4 windows; block 1 rolls by 2, so its windows straddle block 0's, and
+    the mask keeps tokens that the roll brought from the opposite border apart."""
+    torch.manual_seed(0)
+    mixer = WindowAttention(16, 2, 4)
+    assert influenced(mixer, 0, (3, 3)) == square(range(0, 4), range(0, 4))
+    assert influenced(mixer, 1, (3, 3)) == square(range(2, 6), range(2, 6))
+    # (0, 0) lands in the last rolled window with rows and columns 6, 7 (the other border): only the 2x2
+    # corner it came from is in its region.
+    assert influenced(mixer, 0, (0, 0)) == square(range(0, 4), range(0, 4))
+    assert influenced(mixer, 1, (0, 0)) == square(range(0, 2), range(0, 2))
+    assert influenced(mixer, 1, (7, 0)) == square(range(6, 8), range(0, 2))
+    assert influenced(mixer, 1, (5, 0)) == square(range(2, 6), range(0, 2))
+    assert influenced(mixer, 2, (3, 3)) == square(range(0, 4), range(0, 4))  # even blocks do not shift
+
+
+def test_shift_applied_in_odd_blocks_only_when_map_exceeds_window() -> None:
+    torch.manual_seed(0)
+    mixer = WindowAttention(16, 2, 4)
+    with torch.no_grad():
+        x = torch.randn(2, 8, 8, 16)
+        assert not torch.allclose(mixer(x, 2, 4, 1), mixer(x, 2, 4, 0))
+        assert torch.equal(mixer(x, 2, 4, 2), mixer(x, 2, 4, 0))
+        small = torch.randn(2, 4, 4, 16)  # a 4x4 stage with window 4: one window, never shifted
+        assert torch.equal(mixer(small, 2, 4, 1), mixer(small, 2, 4, 0))
+
+
+def test_shift_in_model_blocks() -> None:
+    """In a built model, the 8x8 stage's block at index 1 shifts: run at index 0 it gives another output."""
+    torch.manual_seed(0)
+    arch = make_arch(WINDOW_ATTN, stages=1)
+    model = build_model(arch).eval()
+    block = model.stages[0].blocks[1]
+    x = torch.randn(2, 8, 8, 16)
+    with torch.no_grad():
+        assert not torch.allclose(block(x, arch.stages[0], 1, 0.0), block(x, arch.stages[0], 0, 0.0))
+
+
+def test_relative_position_bias() -> None:
+    torch.manual_seed(0)
+    mixer = WindowAttention(16, 2, 4)
+    x = torch.randn(2, 8, 8, 16)
+    with torch.no_grad():
+        with_bias = mixer(x, 2, 4, 1, rel_pos_bias=True)
+        assert not torch.allclose(with_bias, mixer(x, 2, 4, 1, rel_pos_bias=False))
+        mixer.rel_pos.table.zero_()
+        assert torch.allclose(mixer(x, 2, 4, 1, rel_pos_bias=True), mixer(x, 2, 4, 1, rel_pos_bias=False))
+    no_table = build_model(make_arch(MIXERS["window_attn-nobias"]))
+    with_table = build_model(make_arch(WINDOW_ATTN))
+    assert not any("rel_pos" in n for n, _ in no_table.named_parameters())
+    # One (2w-1)^2 x heads table per block: the 8x8 stage has w 4, the 4x4 stage w 4 too.
+    assert count_params(with_table) - count_params(no_table) == 4 * 7 * 7 * 2
+
+
+def test_refiner_identity_refinement_is_attention() -> None:
+    """With identity expansion, a centre-only local kernel and an averaging reduction, the refined maps are
+    the attention maps, so the refiner equals window attention with the same weights."""
+    torch.manual_seed(0)
+    refiner = RefinerAttention(16, 2, 4, 2, 3)
+    attn = WindowAttention(16, 2, 4)
+    attn.load_state_dict(refiner.attn.state_dict())
+    with torch.no_grad():
+        refiner.expand.weight.copy_(torch.eye(2).repeat(2, 1)[:, :, None, None])  # head h -> maps h and 2+h
+        refiner.local.weight.zero_()
+        refiner.local.weight[:, :, 1, 1] = 1.0
+        refiner.local.bias.zero_()
+        refiner.reduce.weight.copy_(0.5 * torch.eye(2).repeat(1, 2)[:, :, None, None])
+        x = torch.randn(2, 8, 8, 16)
+        for block_index in (0, 1):
+            torch.testing.assert_close(refiner(x, 2, 4, block_index, 2, 3), attn(x, 2, 4, block_index))
+
+
+# ----------------------------------------------------------------------------------------------------
+# DGE
+
+
+def dge_setup(granularities: list[int], kv_reduction: int = 1, depth: int = 1) -> tuple[ArchConfig, MixerNet]:
+    arch = make_arch({"type": "dge", "granularities": granularities, "kv_reduction": kv_reduction},
+                     stages=1, depth=depth)
+    return arch, build_model(arch)
+
+
+@pytest.mark.parametrize("granularities", [[1, 2], [1, 2, 4], [2, 4], [1, 4]])
+def test_dge_router_init(granularities: list[int]) -> None:
+    _, model = dge_setup(granularities)
+    dge = dge_modules(model)[0]
+    x = torch.randn(2, 8, 8, 16)
+    with torch.no_grad():
+        probs = dge.route(x, granularities).softmax(-1)  # (B, H/S, W/S, |set|)
+    torch.testing.assert_close(probs[..., -1], torch.full_like(probs[..., -1], 0.95))
+    torch.testing.assert_close(probs[..., :-1].sum(-1), torch.full_like(probs[..., -1], 0.05))
+
+
+def test_dge_train_routing_is_stochastic_eval_deterministic() -> None:
+    torch.manual_seed(0)
+    arch, model = dge_setup([1, 2])
+    dge = dge_modules(model)[0]
+    with torch.no_grad():
+        dge.router.bias.zero_()  # even odds, so that two draws over 32 regions differ surely
+    x = images()
+    model.train()
+    outputs = [model(x), model(x)]
+    assert not torch.equal(outputs[0], outputs[1])
+    # The only randomness is the routing: with the choice forced, training is deterministic.
+    block = model.stages[0].blocks[0]
+    tokens = torch.randn(2, 8, 8, 16)
+    choice = torch.randint(0, 2, (2, 4, 4))
+    a = dge(tokens, block, 2, 32, (1, 2), choice=choice)
+    b = dge(tokens, block, 2, 32, (1, 2), choice=choice)
+    assert torch.equal(a, b)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize(
+    "granularities, kv_reduction", [([1, 2], 1), ([1, 2], 2), ([1, 2, 4], 1), ([2, 4], 2)],
+)
+def test_dge_dense_equals_sparse(granularities: list[int], kv_reduction: int) -> None:
+    """Training (every granularity computed, gates select) and evaluation (only the chosen queries) agree
+    for the same choices; images with different numbers of queries exercise the padded batch."""
+    torch.manual_seed(0)
+    _, model = dge_setup(granularities, kv_reduction)
+    block = model.stages[0].blocks[0]
+    dge = block.mixers["dge"]
+    s = max(granularities)
+    x = torch.randn(3, 8, 8, 16)
+    choice = torch.randint(0, len(granularities), (3, 8 // s, 8 // s))
+    choice[0] = 0  # coarsest everywhere
+    choice[1] = len(granularities) - 1  # finest everywhere
+    args = (block, 2, 32, granularities, kv_reduction)
+    block.train()
+    dense = dge(x, *args, choice=choice)
+    dense_queries = dge.num_queries
+    block.eval()
+    sparse = dge(x, *args, choice=choice)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(sparse, x, atol=1e-3)  # the block did something
+
+    regions = (8 // s) ** 2
+    assert dense_queries == 3 * regions * sum(g * g for g in granularities)
+    chosen = torch.tensor([g * g for g in granularities])[choice]
+    assert dge.num_queries == int(chosen.sum())
+
+
+def test_dge_model_train_equals_eval_for_same_routing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end over two DGE stages: with the Gumbel noise removed, training's hard gates are the
+    router's argmax, which evaluation takes, and the dense and sparse models give the same logits."""
+    torch.manual_seed(0)
+    arch = make_arch({"type": "dge", "granularities": [1, 2], "kv_reduction": 2}, stages=2)
+    model = build_model(arch)
+    with torch.no_grad():
+        for dge in dge_modules(model):
+            dge.router.weight.normal_(std=3.0)  # routes differ between regions
+    monkeypatch.setattr(
+        F, "gumbel_softmax", lambda logits, tau, hard: F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    )
+    x = images(3)
+    model.train()
+    dense = model(x)
+    dense_queries = count_dge_queries(model)
+    model.eval()
+    with torch.no_grad():
+        sparse = model(x)
+    torch.testing.assert_close(sparse, dense.detach(), rtol=1e-5, atol=1e-5)
+    assert count_dge_queries(model) < dense_queries
+
+
+@pytest.mark.parametrize("g", [1, 2, 4])
+def test_dge_query_counts_forcing_one_granularity(g: int) -> None:
+    """Forced g everywhere: (H/S)*(W/S)*g*g queries per image and block in evaluation; training computes
+    every granularity of the set."""
+    granularities = [1, 2, 4]
+    arch = make_arch({"type": "dge", "granularities": granularities}, stages=2, depth=2)  # maps 8x8, 4x4
+    model = build_model(arch)
+    with torch.no_grad():
+        for dge in dge_modules(model):
+            dge.router.bias.fill_(-10.0)
+            dge.router.bias[g - 1] = 10.0
+    batch = 2
+    x = images(batch)
+    per_image_block = [(8 // 4) ** 2, (4 // 4) ** 2]  # regions per block in each stage
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    assert count_dge_queries(model) == batch * 2 * sum(r * g * g for r in per_image_block)
+    for dge, regions in zip(dge_modules(model), [4, 4, 1, 1]):
+        assert dge.num_queries == batch * regions * g * g
+    model.train()
+    model(x)
+    assert count_dge_queries(model) == batch * 2 * sum(r * (1 + 4 + 16) for r in per_image_block)
+
+
+def test_dge_budget_loss_trains_router() -> None:
+    torch.manual_seed(0)
+    arch, model = dge_setup([1, 2, 4], depth=2)
+    model.train()
+    model(images())
+    ratios = [dge.flops_ratio for dge in dge_modules(model)]
+    assert all(r is not None and r.shape == (2,) and ((r > 0) & (r <= 1)).all() for r in ratios)
+    loss = model.dge_budget_loss()
+    expected = torch.stack([((r - 0.5) ** 2).mean() for r in ratios]).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    for name, p in model.named_parameters():
+        if ".router." in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None or not p.grad.any(), name  # the budget depends on the routing only
+
+
+def test_dge_drop_path_only_in_training() -> None:
+    torch.manual_seed(0)
+    arch = make_arch({"type": "dge", "granularities": [1, 2]}, stages=1, depth=2, drop_path_rate=0.9)
+    model = build_model(arch).eval()
+    reference = build_model(make_arch({"type": "dge", "granularities": [1, 2]}, stages=1, depth=2))
+    reference.load_state_dict(model.state_dict())
+    x = images()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference.eval()(x))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Supernet: every mixer at several sizes, extracted subnets equal the supernet's outputs
+
+
+SPACE_MIXERS: dict[str, tuple[dict[str, list], dict[str, list]]] = {
+    # mixer -> (choices in the 8x8 stage, choices in the 4x4 stage)
+    "window_attn": ({"window_size": [2, 4, 8], "rel_pos_bias": [True, False]}, {"window_size": [2, 4]}),
+    "dwconv": ({"kernel_size": [3, 5]}, {"kernel_size": [1, 3]}),
+    "dyn_dwconv": ({"kernel_size": [3, 5], "inhomogeneous": [False, True]},
+                   {"kernel_size": [3, 5], "inhomogeneous": [True, False]}),
+    "refiner": ({"window_size": [4, 8], "expansion_ratio": [2, 3], "kernel_size": [1, 3]},
+                {"window_size": [2, 4], "expansion_ratio": [1, 3], "kernel_size": [3]}),
+    "dge": ({"granularities": [[1, 2], [1, 2, 4], [2, 4]], "kv_reduction": [1, 2]},
+            {"granularities": [[1, 2], [1, 4]], "kv_reduction": [1, 2]}),
+}
+
+
+def mixer_space(mixer: str) -> SearchSpace:
+    first, second = SPACE_MIXERS[mixer]
+    ffns = ["mlp"] if mixer == "dge" else ["mlp", "local", {"type": "local", "se": True}]
+    return SearchSpace.from_dict({
+        "input_size": INPUT, "num_classes": 5, "patch_size": PATCH,
+        "stages": [
+            {"depth": [1, 2], "dim": [16, 24], "heads": [2, 4], "mlp_ratio": [1.5, 2.0], "ffn": ffns,
+             "mixers": {mixer: first}},
+            {"depth": [1, 2], "dim": [24, 32], "heads": [2, 4], "mlp_ratio": [2.0, 3.0], "ffn": ffns,
+             "mixers": {mixer: second}},
+        ],
+    })
+
+
+@torch.no_grad()
+def perturb(model: torch.nn.Module) -> None:
+    """Move every parameter and BatchNorm statistic off its initial value, so that a wrong slice shows."""
+    gen = torch.Generator().manual_seed(0)
+    for p in model.parameters():
+        p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    for name, buf in model.named_buffers():
+        if name.endswith("running_mean"):
+            buf.copy_(0.1 * torch.randn(buf.shape, generator=gen))
+        elif name.endswith("running_var"):
+            buf.copy_(0.5 + torch.rand(buf.shape, generator=gen))
+
+
+@pytest.mark.parametrize("mixer", list(SPACE_MIXERS))
+def test_supernet_extract_matches(mixer: str) -> None:
+    torch.manual_seed(0)
+    space = mixer_space(mixer)
+    supernet = Supernet(space)
+    perturb(supernet)
+    if mixer == "dge":
+        with torch.no_grad():
+            for dge in dge_modules(supernet):
+                dge.router.weight.normal_(std=3.0)  # regions take different granularities
+    supernet.eval()
+    rng = random.Random(0)
+    archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(3)]
+    x = images()
+    outputs = []
+    for arch in archs:
+        sub = supernet.extract(arch).eval()
+        assert count_params(sub) == count_params(build_model(arch))
+        with torch.no_grad():
+            expected = supernet(x, arch)
+            torch.testing.assert_close(sub(x), expected, rtol=1e-5, atol=1e-5)
+        outputs.append(expected)
+    assert not torch.allclose(outputs[0], outputs[1])  # the archs do run different networks

@@ -1,0 +1,91 @@
+"""Export chosen architectures as ArchConfig YAML files, optionally with their inherited weights.
+
+Each file is named so a person can tell them apart (trial number, accuracy, GFLOPs, the mixers by stage),
+e.g. ``trial0012_acc87.3_gf0.041_win-dw-dge.yaml``. With weights, the network written is the one the
+search scored (supernet weights, the same fine-tuning if any, BatchNorm recalibrated the same way), so
+loading it reproduces the recorded accuracy. A manifest ``exported.csv`` lists what was written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mixnas.atomic import atomic_write_text
+from mixnas.results.pareto import pareto_front
+from mixnas.results.store import ResultsError, load_trials
+from mixnas.search_space import ArchConfig
+
+MIXER_ABBREVIATIONS = {"window_attn": "win", "dwconv": "dw", "dyn_dwconv": "ddw", "refiner": "ref", "dge": "dge"}
+
+
+def export_name(row: pd.Series, arch: ArchConfig) -> str:
+    """``trial0012_acc87.3_gf0.041_win-dw-dge``: sortable, and readable at a glance."""
+    mixers = "-".join(MIXER_ABBREVIATIONS[s.mixer.type] for s in arch.stages)
+    acc = f"acc{row['accuracy']:.1f}" if math.isfinite(row["accuracy"]) else "accNA"
+    return f"trial{int(row['number']):04d}_{acc}_gf{row['gflops']:.3g}_{mixers}"
+
+
+def select_trials(df: pd.DataFrame, trials: Sequence[int] | None, pareto: bool, objectives: Sequence[str],
+                  source: str) -> pd.DataFrame:
+    """The rows to export: the Pareto front, or the given trial numbers (which must be complete)."""
+    if pareto:
+        front = pareto_front(df, objectives)
+        if front.empty:
+            raise ResultsError(f"{source}: no feasible complete trials, so no Pareto front to export")
+        return front
+    rows = []
+    for n in trials or []:
+        match = df[(df["number"] == n) & (~df["is_reference"])]
+        if match.empty:
+            raise ResultsError(f"{source}: --trial {n}: no such trial (numbers run from 0 to {df['number'].max()})")
+        if match.iloc[0]["state"] != "COMPLETE":
+            raise ResultsError(f"{source}: --trial {n}: the trial did not complete ({match.iloc[0]['state']})")
+        rows.append(match.iloc[0])
+    return pd.DataFrame(rows)
+
+
+def export_architectures(
+    run_dir: str | Path, out_dir: str | Path, trials: Sequence[int] | None = None, pareto: bool = False,
+    objectives: Sequence[str] = ("accuracy", "gflops", "latency"), weights: bool = False, progress: bool = True,
+) -> list[Path]:
+    """Write one YAML (and with ``weights`` one .safetensors) per chosen trial; returns the YAML paths."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    df = load_trials(run_dir)
+    if not df["latency_ms"].notna().any():
+        objectives = [o for o in objectives if o != "latency"]
+    chosen = select_trials(df, trials, pareto, objectives, str(run_dir))
+    evaluator = None
+    if weights:
+        from mixnas.search.evaluator import CandidateEvaluator, load_settings
+
+        evaluator = CandidateEvaluator(run_dir, load_settings(run_dir))
+    from mixnas.supernet.checkpoint import save_weights
+
+    written, manifest = [], []
+    for _, row in tqdm(list(chosen.iterrows()), desc="export", disable=not progress, leave=False):
+        arch = ArchConfig.from_dict(json.loads(row["arch"]))
+        stem = export_name(row, arch)
+        arch = arch.with_name(f"trial {int(row['number'])}: {row['accuracy']:.2f}% top-1, {row['gflops']:.4g} GFLOPs")
+        yaml_path = out_dir / f"{stem}.yaml"
+        arch.to_yaml(yaml_path)
+        entry = {"file": yaml_path.name, "trial": int(row["number"]), "arch_id": row["arch_id"],
+                 "accuracy": row["accuracy"], "gflops": row["gflops"], "params": row["params"],
+                 "latency_ms": row["latency_ms"], "weights": ""}
+        if evaluator is not None:
+            model = evaluator.prepare(arch).cpu()
+            weights_path = out_dir / f"{stem}.safetensors"
+            save_weights(model, weights_path, {"arch_id": arch.arch_id, "accuracy": f"{row['accuracy']:.4f}"})
+            entry["weights"] = weights_path.name
+        manifest.append(entry)
+        written.append(yaml_path)
+    buf = io.StringIO()
+    pd.DataFrame(manifest).to_csv(buf, index=False)
+    atomic_write_text(out_dir / "exported.csv", buf.getvalue())
+    return written

@@ -1,0 +1,243 @@
+"""Candidate evaluation, shared by every search backend.
+
+For one architecture: take the supernet's weights for it (``Supernet.extract``), optionally fine-tune it
+for a few epochs, recalibrate its BatchNorm on training batches, measure top-1 on the validation split,
+count parameters and GFLOPs (DGE: mean, min and max over validation images) and measure latency on a
+device or predict it from a lookup table. Results are cached by ``arch_id`` on disk
+(``RUN_DIR/search/cache/<arch_id>.json``), so an architecture suggested twice, by a resumed search or
+by another Ray worker on the same storage, is evaluated once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixnas.atomic import atomic_write_text
+from mixnas.search.cost import model_gflops
+from mixnas.search.profiler import count_params, device_name, measure_latency
+from mixnas.search_space import ArchConfig, ConfigError
+from mixnas.supernet.checkpoint import CheckpointError, load_weights
+from mixnas.supernet.supernet import Supernet
+from mixnas.supernet.training import (
+    WEIGHTS_FILE,
+    evaluate_accuracy,
+    read_config,
+    read_space,
+    recalibrate_batchnorm,
+)
+
+SEARCH_DIR = "search"
+SETTINGS_FILE = "eval_settings.json"
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How candidates are scored.
+
+    Args:
+        device: where accuracy is measured and, with ``latency="measure"``, latency (cpu | cuda | auto).
+        latency: ``measure`` on ``device``, ``lut`` (predict from ``latency_lut``) or ``none``.
+        latency_lut: a lookup table built by ``mixnas latency build-lut``.
+        latency_batch_size: images per timed forward pass.
+        latency_runs: timed runs per candidate (median and p90 over them).
+        latency_max_seconds: cap on the time spent timing one candidate.
+        calib_batches: training batches for BatchNorm recalibration.
+        val_limit: evaluate on at most this many validation images (0 = all).
+        flops_images: validation images whose FLOPs are averaged for input-dependent (DGE) models.
+        train_epochs: fine-tune each candidate from its inherited weights for this many epochs first.
+        finetune_lr: learning rate of that fine-tuning.
+        seed: seeds fine-tuning and data order.
+    """
+
+    device: str = "cpu"
+    latency: str = "measure"
+    latency_lut: str | None = None
+    latency_batch_size: int = 1
+    latency_runs: int = 20
+    latency_max_seconds: float = 2.0
+    calib_batches: int = 10
+    val_limit: int = 0
+    flops_images: int = 8
+    train_epochs: int = 0
+    finetune_lr: float = 5e-4
+    seed: int = 0
+
+    def cache_key(self) -> str:
+        """Settings that change a result: a cached result is reused only under the same ones."""
+        d = asdict(self)
+        d.pop("latency_max_seconds")
+        return json.dumps(d, sort_keys=True)
+
+
+class CandidateEvaluator:
+    """Scores architectures of a trained supernet's space.
+
+    Args:
+        run_dir: a supernet run directory (``mixnas supernet train --out``).
+        settings: how to score.
+    """
+
+    def __init__(self, run_dir: str | Path, settings: EvalSettings | None = None) -> None:
+        from mixnas.data import load_dataset, make_loader
+
+        self.run_dir = Path(run_dir)
+        self.settings = settings or EvalSettings()
+        self.space = read_space(self.run_dir)
+        self.train_config = read_config(self.run_dir)
+        weights = self.run_dir / WEIGHTS_FILE
+        if not weights.is_file():
+            raise CheckpointError(f"{weights}: missing; train the supernet first (mixnas supernet train)")
+        self.device = _device(self.settings.device)
+        self.supernet = load_weights(Supernet(self.space), weights).eval()
+        self.data = load_dataset(self.train_config.data, self.space.input_size, seed=self.train_config.seed)
+        val = self.data.val
+        if self.settings.val_limit and self.settings.val_limit < len(val):
+            val = torch.utils.data.Subset(val, range(self.settings.val_limit))
+        self.val_loader = make_loader(val, 256, shuffle=False)
+        self.calib_loader = make_loader(
+            self.data.calib, self.train_config.batch_size, shuffle=True, seed=self.settings.seed
+        )
+        n = self.settings.flops_images
+        self.flops_images = torch.stack([self.data.val[i][0] for i in range(min(n, len(self.data.val)))])
+        self.lut = None
+        if self.settings.latency == "lut":
+            from mixnas.search.latency_lut import LatencyTable
+
+            if not self.settings.latency_lut:
+                raise ConfigError("--latency-lut: required when latency is predicted from a lookup table")
+            self.lut = LatencyTable.load(self.settings.latency_lut)
+        self.cache_dir = self.run_dir / SEARCH_DIR / "cache"
+        self._memory: dict[str, dict[str, Any]] = {}
+
+    # ------------------------------------------------------------------------------------------ cache
+    def _cache_path(self, arch: ArchConfig) -> Path:
+        return self.cache_dir / f"{arch.arch_id}.json"
+
+    def cached(self, arch: ArchConfig) -> dict[str, Any] | None:
+        if arch.arch_id in self._memory:
+            return self._memory[arch.arch_id]
+        path = self._cache_path(arch)
+        if not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None  # a damaged cache entry is recomputed, never trusted
+        if entry.get("settings") != self.settings.cache_key():
+            return None
+        self._memory[arch.arch_id] = entry["result"]
+        return entry["result"]
+
+    # ----------------------------------------------------------------------------------------- scoring
+    def evaluate(self, arch: ArchConfig) -> dict[str, Any]:
+        """Accuracy (%), params, GFLOPs (mean/min/max), latency (ms) and its source, evaluation seconds."""
+        hit = self.cached(arch)
+        if hit is not None:
+            return dict(hit, cached=True)
+        t0 = time.perf_counter()
+        model = self.prepare(arch)
+        accuracy = evaluate_accuracy(model, self.val_loader, self.device)
+        model = model.cpu().eval()
+        mean, lo, hi = model_gflops(model, arch, self.flops_images)
+        result: dict[str, Any] = {
+            "accuracy": accuracy, "params": count_params(model), "gflops": mean, "gflops_min": lo, "gflops_max": hi,
+        }
+        result.update(self.latency(model, arch))
+        result["eval_seconds"] = time.perf_counter() - t0
+        if not math.isfinite(accuracy):
+            raise FloatingPointError(f"accuracy is {accuracy}")
+        self._memory[arch.arch_id] = result
+        atomic_write_text(
+            self._cache_path(arch),
+            json.dumps({"arch": arch.to_dict(), "settings": self.settings.cache_key(), "result": result}, indent=1),
+        )
+        return dict(result, cached=False)
+
+    def prepare(self, arch: ArchConfig) -> torch.nn.Module:
+        """The network scored for ``arch``: the supernet's weights, optionally fine-tuned, BatchNorm
+        recalibrated; deterministic, so exporting it reproduces the recorded accuracy."""
+        self.supernet.check(arch)
+        torch.manual_seed(self.settings.seed)
+        model = self.supernet.extract(arch).to(self.device)
+        if self.settings.train_epochs > 0:
+            finetune(model, self.data, self.settings.train_epochs, self.settings.finetune_lr,
+                     self.train_config.batch_size, self.device, self.settings.seed)
+        recalibrate_batchnorm(model, self.calib_loader, self.settings.calib_batches)
+        return model.eval()
+
+    def latency(self, model: torch.nn.Module, arch: ArchConfig) -> dict[str, Any]:
+        s = self.settings
+        if s.latency == "none":
+            return {"latency_ms": math.nan, "latency_p90_ms": math.nan, "latency_source": "none"}
+        if self.lut is not None:
+            median = self.lut.predict(arch)
+            return {"latency_ms": median, "latency_p90_ms": math.nan, "latency_source": self.lut.source}
+        stats = measure_latency(
+            model, arch.input_size, batch_size=s.latency_batch_size, device=str(self.device), runs=s.latency_runs,
+            warmup=3, in_chans=arch.in_chans, max_seconds=s.latency_max_seconds,
+        )
+        model.cpu()
+        return {
+            "latency_ms": stats.median_ms, "latency_p90_ms": stats.p90_ms,
+            "latency_source": f"measured: {device_name(str(self.device))}, batch {s.latency_batch_size}",
+        }
+
+
+def save_settings(run_dir: str | Path, settings: EvalSettings) -> None:
+    """Record how a search scored its candidates (export re-creates the scored networks from it)."""
+    path = Path(run_dir) / SEARCH_DIR / SETTINGS_FILE
+    atomic_write_text(path, json.dumps(asdict(settings), indent=2) + "\n")
+
+
+def load_settings(run_dir: str | Path) -> EvalSettings:
+    path = Path(run_dir) / SEARCH_DIR / SETTINGS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; run mixnas search on this run directory first")
+    try:
+        return EvalSettings(**json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path}: corrupt ({e.__class__.__name__})") from None
+
+
+def finetune(model: torch.nn.Module, data: Any, epochs: int, lr: float, batch_size: int,
+             device: torch.device, seed: int) -> None:
+    """Train an extracted subnet for a few epochs from its inherited weights (AdamW, cosine, timm)."""
+    from timm.loss import LabelSmoothingCrossEntropy
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+
+    from mixnas.data import make_loader
+
+    optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=0.05)
+    loader = make_loader(data.train, batch_size, shuffle=True, seed=seed, drop_last=True)
+    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, step_on_epochs=False,
+                                       updates_per_epoch=len(loader), warmup_epochs=0)
+    loss_fn = LabelSmoothingCrossEntropy(0.1)
+    model.train()
+    step = 0
+    for epoch in range(epochs):
+        torch.manual_seed(seed * 7919 + epoch)
+        for x, y in make_loader(data.train, batch_size, shuffle=True, seed=seed + epoch, drop_last=True):
+            loss = loss_fn(model(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            step += 1
+            scheduler.step_update(step)
+    model.eval()
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    return torch.device(name)

@@ -1,0 +1,118 @@
+"""What both search backends share besides the evaluator: objectives, limits and trial records.
+
+A trial's record is one row of the trial table (``mixnas.results.store.TRIAL_COLUMNS``); the Optuna and
+Ray runners build it with the same function, so their tables have the same columns and meaning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mixnas.results.pareto import OBJECTIVES, objective_column, parse_objectives
+from mixnas.search_space import ArchConfig
+
+DEFAULT_OBJECTIVES = "accuracy,flops,latency"
+
+
+def optuna_directions(objectives: list[str]) -> list[str]:
+    return ["maximize" if OBJECTIVES[o] == "max" else "minimize" for o in objectives]
+
+
+def objective_values(objectives: list[str], result: dict[str, Any]) -> list[float]:
+    """The values Optuna optimises, in the order of ``objectives``; raises on NaN (a failed trial)."""
+    values = []
+    for o in objectives:
+        v = float(result[objective_column(o)])
+        if not math.isfinite(v):
+            raise FloatingPointError(f"objective {o} is {v}")
+        values.append(v)
+    return values
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Upper limits on a candidate's cost; each becomes an Optuna constraint (<= 0 is satisfied).
+
+    Args:
+        max_gflops: GFLOPs (multiply-adds, batch 1).
+        max_params: parameters (count).
+        max_latency_ms: median latency in ms.
+    """
+
+    max_gflops: float | None = None
+    max_params: float | None = None
+    max_latency_ms: float | None = None
+
+    def named_constraints(self, result: dict[str, Any]) -> dict[str, float]:
+        """Violation per limit, by limit name: value - limit (<= 0 satisfied); NaN counts as violated."""
+        out = {}
+        for name, limit, key in (("max_gflops", self.max_gflops, "gflops"), ("max_params", self.max_params, "params"),
+                                 ("max_latency_ms", self.max_latency_ms, "latency_ms")):
+            if limit is None:
+                continue
+            value = float(result.get(key, math.nan))
+            out[name] = value - limit if math.isfinite(value) else math.inf
+        return out
+
+    def constraints(self, result: dict[str, Any]) -> list[float]:
+        """Violation per limit: value - limit (<= 0 satisfied); NaN values count as violations."""
+        return list(self.named_constraints(result).values())
+
+    def feasible(self, result: dict[str, Any]) -> bool:
+        return all(c <= 0 for c in self.constraints(result))
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_gflops is not None:
+            parts.append(f"GFLOPs <= {self.max_gflops:g}")
+        if self.max_params is not None:
+            parts.append(f"params <= {self.max_params:g}")
+        if self.max_latency_ms is not None:
+            parts.append(f"latency <= {self.max_latency_ms:g} ms")
+        return ", ".join(parts) or "none"
+
+
+def trial_record(
+    number: int, state: str, arch: ArchConfig | None, result: dict[str, Any] | None, feasible: bool,
+    failure_reason: str, backend: str, is_reference: bool = False, label: str = "",
+) -> dict[str, Any]:
+    """One row of the trial table."""
+    result = result or {}
+    nan = math.nan
+    return {
+        "number": number,
+        "state": state,
+        "arch_id": arch.arch_id if arch else "",
+        "arch": arch.canonical_json() if arch else "",
+        "summary": arch.summary() if arch else "",
+        "accuracy": result.get("accuracy", nan),
+        "gflops": result.get("gflops", nan),
+        "gflops_min": result.get("gflops_min", nan),
+        "gflops_max": result.get("gflops_max", nan),
+        "params": result.get("params", nan),
+        "latency_ms": result.get("latency_ms", nan),
+        "latency_p90_ms": result.get("latency_p90_ms", nan),
+        "latency_source": result.get("latency_source", ""),
+        "eval_seconds": result.get("eval_seconds", nan),
+        "feasible": bool(feasible),
+        "failure_reason": failure_reason,
+        "backend": backend,
+        "is_reference": is_reference,
+        "label": label,
+    }
+
+
+def failure_reason(error: BaseException) -> str:
+    """A one-line reason for a failed candidate: the exception's type and first line."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if "out of memory" in text.lower():
+        return f"out of memory: {text[:200]}"
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+__all__ = [
+    "DEFAULT_OBJECTIVES", "Limits", "failure_reason", "objective_values", "optuna_directions",
+    "parse_objectives", "trial_record",
+]

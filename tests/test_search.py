@@ -1,0 +1,262 @@
+"""The Optuna runner, the evaluator, the trial store, results and export, on a tiny trained supernet."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import timm
+import torch
+import yaml
+
+from mixnas import ArchConfig, SearchSpace, build_model
+from mixnas.cli import main
+from mixnas.results import load_trials
+from mixnas.results.pareto import pareto_mask
+from mixnas.results.store import TRIAL_COLUMNS
+from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
+from mixnas.search.optuna_runner import INTERRUPTED, SearchSettings, open_study, run_optuna_search
+from mixnas.search.trials import Limits
+from mixnas.search_space import ConfigError
+from mixnas.supernet.checkpoint import load_weights
+from mixnas.supernet.training import TrainConfig, evaluate_accuracy, train_supernet
+
+TINY_SPACE = {
+    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
+    "stages": [
+        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp", "local"],
+         "mixers": {"window_attn": {"window_size": [2, 4]}, "dwconv": {"kernel_size": [3]},
+                    "dge": {"granularities": [[1, 2]]}}},
+        {"depth": [1], "dim": [32], "heads": [2, 4], "mlp_ratio": [2.0],
+         "mixers": {"window_attn": {"window_size": [2]}, "dwconv": {"kernel_size": [3]},
+                    "dge": {"granularities": [[1, 2]]}}},
+    ],
+}
+FAST = EvalSettings(latency_runs=3, latency_max_seconds=0.2, calib_batches=2, val_limit=96, flops_images=2)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("run")
+    space = SearchSpace.from_dict(TINY_SPACE)
+    train_supernet(space, run, TrainConfig(epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2),
+                   device="cpu", progress=False)
+    return run
+
+
+def copy_run(trained: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(trained, dst)
+    return dst
+
+
+@dataclass
+class FakeEvaluator:
+    """Deterministic synthetic scores, counting real evaluations; optionally failing or stopping."""
+
+    space: SearchSpace
+    settings: EvalSettings = field(default_factory=EvalSettings)
+    computed: list[str] = field(default_factory=list)
+    fail_on: set[int] = field(default_factory=set)
+    stop_after: int | None = None
+    cache: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def evaluate(self, arch: ArchConfig) -> dict[str, Any]:
+        if arch.arch_id in self.cache:
+            return dict(self.cache[arch.arch_id], cached=True)
+        if self.stop_after is not None and len(self.computed) >= self.stop_after:
+            raise KeyboardInterrupt  # the process is stopped in the middle of an evaluation
+        self.computed.append(arch.arch_id)
+        if len(self.computed) in self.fail_on:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        size = sum(s.depth * s.dim for s in arch.stages)
+        result = {"accuracy": 50 + size / 10, "params": size * 100, "gflops": size / 1000, "gflops_min": size / 1000,
+                  "gflops_max": size / 1000, "latency_ms": 1 + size / 100, "latency_p90_ms": 2 + size / 100,
+                  "latency_source": "fake", "eval_seconds": 0.01}
+        self.cache[arch.arch_id] = result
+        return dict(result, cached=False)
+
+
+def test_search_writes_a_complete_trial_table(trained: Path, tmp_path: Path) -> None:
+    run = copy_run(trained, tmp_path)
+    evaluator = CandidateEvaluator(run, FAST)
+    table = run_optuna_search(run, SearchSettings(trials=5, seed=1), evaluator, progress=False)
+    assert list(table.columns) == TRIAL_COLUMNS
+    searched = table[~table["is_reference"]]
+    assert len(searched) == 5 and (searched["state"] == "COMPLETE").all()
+    assert searched["accuracy"].between(0, 100).all() and (searched["gflops"] > 0).all()
+    assert (searched["params"] > 0).all() and (searched["latency_ms"] > 0).all()
+    assert searched["latency_source"].str.startswith("measured: cpu").all()
+    assert (searched["backend"] == "optuna").all()
+    space = SearchSpace.from_dict(TINY_SPACE)
+    for arch_json, arch_id in zip(searched["arch"], searched["arch_id"]):
+        arch = ArchConfig.from_dict(json.loads(arch_json))
+        assert space.contains(arch) and arch.arch_id == arch_id
+    refs = table[table["is_reference"]]
+    assert sorted(refs["label"]) == ["all dge", "all dwconv", "all window_attn"]
+    assert (refs["number"] < 0).all()
+    # The store on disk holds the same table.
+    disk = load_trials(run)
+    assert len(disk) == len(table) and (disk["arch_id"].values == table["arch_id"].values).all()
+    assert (run / "search" / "journal.log").is_file()
+    assert len(list((run / "search" / "cache").glob("*.json"))) >= len(set(searched["arch_id"]))
+
+
+def test_dge_flops_are_a_mean_over_images(trained: Path, tmp_path: Path) -> None:
+    run = copy_run(trained, tmp_path)
+    evaluator = CandidateEvaluator(run, FAST)
+    space = evaluator.space
+    result = evaluator.evaluate(space.largest("dge"))
+    assert result["gflops_min"] <= result["gflops"] <= result["gflops_max"]
+    again = evaluator.evaluate(space.largest("dge"))
+    assert again["cached"] and again["accuracy"] == result["accuracy"]
+
+
+def test_resume_keeps_finished_trials_and_evaluates_none_twice(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    (tmp_path / "search").mkdir()
+    first = FakeEvaluator(space, stop_after=4)
+    with pytest.raises(KeyboardInterrupt):
+        run_optuna_search(tmp_path, SearchSettings(trials=10, sampler="random", references=False), first,
+                          progress=False)
+    table = load_trials(tmp_path)
+    assert (table["state"] == "COMPLETE").sum() == 4
+    # The same command again: the interrupted trial is marked, its architecture requeued, N reached.
+    second = FakeEvaluator(space, cache=dict(first.cache))
+    table = run_optuna_search(tmp_path, SearchSettings(trials=10, sampler="random", references=False), second,
+                              progress=False)
+    complete = table[table["state"] == "COMPLETE"]
+    assert len(complete) == 10
+    interrupted = table[table["failure_reason"] == INTERRUPTED]
+    assert len(interrupted) == 1
+    assert not set(first.computed) & set(second.computed), "an architecture was evaluated twice"
+    # The requeued trial evaluated the interrupted one's architecture.
+    study = open_study(tmp_path, SearchSettings(trials=10, sampler="random"))
+    requeued = [t for t in study.trials if "requeued_from" in t.system_attrs.get("fixed_params", {}) or
+                t.user_attrs.get("requeued_from") is not None]
+    assert len(requeued) == 1
+    lost = study.trials[int(interrupted.iloc[0]["number"])]
+    assert requeued[0].params == lost.params
+    # Once done, running again evaluates nothing.
+    third = FakeEvaluator(space, cache=dict(second.cache))
+    run_optuna_search(tmp_path, SearchSettings(trials=10, sampler="random", references=False), third, progress=False)
+    assert third.computed == []
+
+
+def test_failures_are_recorded_and_the_search_goes_on(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    evaluator = FakeEvaluator(space, fail_on={2, 4})
+    table = run_optuna_search(tmp_path, SearchSettings(trials=6, sampler="random", references=False), evaluator,
+                              progress=False)
+    failed = table[table["state"] == "FAIL"]
+    assert len(failed) == 2 and len(table) == 6
+    assert failed["failure_reason"].str.startswith("out of memory").all()
+    assert failed["accuracy"].isna().all() and not failed["feasible"].any()
+
+
+def test_nan_objective_fails_the_trial(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    evaluator = FakeEvaluator(space)
+    original = evaluator.evaluate
+
+    def nan_accuracy(arch: ArchConfig) -> dict[str, Any]:
+        return dict(original(arch), accuracy=math.nan)
+
+    evaluator.evaluate = nan_accuracy  # type: ignore[method-assign]
+    table = run_optuna_search(tmp_path, SearchSettings(trials=2, sampler="random", references=False), evaluator,
+                              progress=False)
+    assert (table["state"] == "FAIL").all()
+    assert table["failure_reason"].str.contains("accuracy is nan").all()
+
+
+def test_limits_are_constraints_and_infeasible_trials_leave_the_front(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    limits = Limits(max_gflops=0.05)
+    evaluator = FakeEvaluator(space)
+    table = run_optuna_search(tmp_path, SearchSettings(trials=16, limits=limits, references=False), evaluator,
+                              progress=False)
+    assert table["feasible"].any() and not table["feasible"].all()
+    assert ((table["gflops"] <= 0.05) == table["feasible"]).all()
+    front = pareto_mask(table, ["accuracy", "gflops"])
+    assert front.any() and table.loc[front, "feasible"].all()
+    study = open_study(tmp_path, SearchSettings(trials=16, limits=limits))
+    for t in study.trials:
+        assert len(t.user_attrs["constraints"]) == 1  # handed to the sampler's constraints_func
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random", "gp"])
+def test_every_sampler_runs(tmp_path: Path, sampler: str) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    table = run_optuna_search(tmp_path, SearchSettings(trials=4, sampler=sampler, references=False),
+                              FakeEvaluator(space), progress=False)
+    assert (table["state"] == "COMPLETE").sum() == 4
+
+
+def test_other_objectives_on_resume_are_refused(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    run_optuna_search(tmp_path, SearchSettings(trials=2, sampler="random", references=False), FakeEvaluator(space),
+                      progress=False)
+    with pytest.raises(ConfigError, match="this search optimised accuracy,gflops,latency"):
+        run_optuna_search(tmp_path, SearchSettings(trials=3, objectives=("accuracy", "params"), references=False),
+                          FakeEvaluator(space), progress=False)
+
+
+def test_cli_search_results_export(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = copy_run(trained, tmp_path)
+    args = ["search", str(run), "--trials", "4", "--objectives", "accuracy,flops", "--latency", "none",
+            "--val-limit", "96", "--quiet", "--seed", "3"]
+    assert main(args) == 0
+    assert main(["results", str(run), "--objectives", "accuracy,flops"]) == 0
+    out = capsys.readouterr().out
+    assert "Pareto pages:" in out and (run / "pages" / "index.html").is_file()
+    table = load_trials(run)
+    front_numbers = set(table.loc[pareto_mask(table, ["accuracy", "gflops"]), "number"])
+    assert main(["export", str(run), "--pareto", "--objectives", "accuracy,flops", "--out", str(tmp_path / "ex"),
+                 "--weights", "--quiet"]) == 0
+    manifest = (tmp_path / "ex" / "exported.csv").read_text().splitlines()
+    assert len(manifest) == 1 + len(front_numbers)
+    exported = sorted((tmp_path / "ex").glob("*.yaml"))
+    assert len(exported) == len(front_numbers)
+    settings = EvalSettings(**json.loads((run / "search" / "eval_settings.json").read_text()))
+    evaluator = CandidateEvaluator(run, settings)
+    for path in exported:
+        number = int(path.name[5:9])
+        assert number in front_numbers
+        arch = ArchConfig.from_yaml(path)
+        assert main(["profile", str(path), "--no-latency", "--json"]) == 0
+        capsys.readouterr()
+        model = load_weights(build_model(arch), path.with_suffix(".safetensors"))
+        via_timm = timm.create_model("mixnas", arch=str(path), checkpoint_path=str(path.with_suffix(".safetensors")))
+        recorded = float(table.loc[table["number"] == number, "accuracy"].iloc[0])
+        accuracy = evaluate_accuracy(model, evaluator.val_loader)
+        assert abs(accuracy - recorded) <= 0.5
+        assert abs(evaluate_accuracy(via_timm, evaluator.val_loader) - recorded) <= 0.5
+    # A single trial by number.
+    assert main(["export", str(run), "--trial", "0", "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    assert len(list((tmp_path / "one").glob("trial0000_*.yaml"))) == 1
+    assert yaml.safe_load(next((tmp_path / "one").glob("*.yaml")).read_text())["name"].startswith("trial 0:")
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["search", str(tmp_path / "nowhere"), "--trials", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mixnas: error: ") and "nowhere" in err and len(err.splitlines()) == 1
+    assert main(["results", str(tmp_path)]) == 2
+    assert str(tmp_path) in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "--pareto or --trial" in capsys.readouterr().err
+
+
+def test_optuna_is_quiet(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    run_optuna_search(tmp_path, SearchSettings(trials=2, sampler="random", references=False), FakeEvaluator(space),
+                      progress=False)
+    assert optuna.logging.get_verbosity() <= optuna.logging.WARNING

@@ -108,6 +108,131 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int, batch_size: 
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
+# ------------------------------------------------------------------------------------------------ search
+def eval_settings_from_args(args: argparse.Namespace):
+    from mixnas.search.evaluator import EvalSettings
+
+    latency = args.latency or ("lut" if args.latency_lut else "measure")
+    return EvalSettings(
+        device=args.device, latency=latency, latency_lut=str(args.latency_lut) if args.latency_lut else None,
+        latency_batch_size=args.latency_batch_size, latency_runs=args.latency_runs,
+        train_epochs=args.train_epochs, seed=args.seed, val_limit=args.val_limit,
+    )
+
+
+def search_settings_from_args(args: argparse.Namespace):
+    from mixnas.results.pareto import parse_objectives
+    from mixnas.search.optuna_runner import SearchSettings
+    from mixnas.search.trials import Limits
+
+    try:
+        objectives = tuple(parse_objectives(args.objectives))
+    except ValueError as e:
+        raise CLIError(f"--objectives: {e}") from None
+    limits = Limits(args.max_gflops, args.max_params, args.max_latency_ms)
+    return SearchSettings(trials=args.trials, objectives=objectives, sampler=args.sampler, limits=limits,
+                          seed=args.seed, references=not args.no_references)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from mixnas.search.evaluator import CandidateEvaluator
+
+    settings = search_settings_from_args(args)
+    evaluation = eval_settings_from_args(args)
+    if evaluation.latency == "none" and "latency" in settings.objectives:
+        raise CLIError("--objectives: latency is an objective but --latency none measures none")
+    if args.backend == "ray":
+        from mixnas.search.ray_runner import RaySettings, run_ray_search
+
+        ray_settings = RaySettings(address=args.address, cpus_per_trial=args.cpus_per_trial,
+                                   gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent)
+        table = run_ray_search(args.run_dir, settings, evaluation, ray_settings, progress=not args.quiet)
+    else:
+        from mixnas.search.optuna_runner import run_optuna_search
+
+        evaluator = CandidateEvaluator(args.run_dir, evaluation)
+        table = run_optuna_search(args.run_dir, settings, evaluator, progress=not args.quiet)
+    searched = table[~table["is_reference"]]
+    complete, failed = int((searched["state"] == "COMPLETE").sum()), int((searched["state"] == "FAIL").sum())
+    print(f"{len(searched)} trials in {args.run_dir}/trials.parquet ({complete} complete, {failed} failed); "
+          f"see them with: mixnas results {args.run_dir}")
+    return 0
+
+
+def add_search_parser(sub) -> None:
+    p = sub.add_parser("search", help="multi-objective search over a trained supernet (resumable)")
+    p.add_argument("run_dir", type=Path, help="a supernet run directory (mixnas supernet train --out)")
+    p.add_argument("--trials", type=positive_int, required=True, help="finished trials to reach")
+    p.add_argument("--objectives", default="accuracy,flops,latency",
+                   help="comma-separated: accuracy (max), flops, params, latency (min)")
+    p.add_argument("--sampler", choices=["nsga2", "tpe", "random", "gp"], default="nsga2", help="Optuna sampler")
+    p.add_argument("--max-gflops", type=positive_float, default=None, help="constraint: GFLOPs at batch 1")
+    p.add_argument("--max-params", type=positive_float, default=None, help="constraint: parameter count")
+    p.add_argument("--max-latency-ms", type=positive_float, default=None, help="constraint: median latency (ms)")
+    p.add_argument("--latency", choices=["measure", "lut", "none"], default=None,
+                   help="measure on --device (default), predict from --latency-lut, or none")
+    p.add_argument("--latency-lut", type=Path, default=None, help="lookup table (mixnas latency build-lut)")
+    p.add_argument("--latency-batch-size", type=positive_int, default=1, help="batch size for measured latency")
+    p.add_argument("--latency-runs", type=positive_int, default=20, help="timed runs per candidate")
+    p.add_argument("--train-epochs", type=int, default=0, help="fine-tune each candidate this many epochs first")
+    p.add_argument("--val-limit", type=int, default=0, help="score on at most this many validation images")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where candidates are scored")
+    p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
+    p.add_argument("--no-references", action="store_true", help="skip the hand-designed reference architectures")
+    p.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="optuna in process, or Ray Tune")
+    p.add_argument("--address", default=None, help="Ray cluster address (auto, or HOST:PORT); default: local Ray")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial")
+    p.add_argument("--max-concurrent", type=positive_int, default=2, help="Ray: trials at once")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_search)
+
+
+# ------------------------------------------------------------------------------------- results and export
+def cmd_results(args: argparse.Namespace) -> int:
+    from mixnas.results.pages import write_pages
+    from mixnas.results.pareto import parse_objectives
+    from mixnas.results.store import load_trials
+    from mixnas.results.table import pareto_records, pareto_table
+
+    try:
+        objectives = parse_objectives(args.objectives)
+    except ValueError as e:
+        raise CLIError(f"--objectives: {e}") from None
+    table = load_trials(args.run_dir)
+    if "latency" in objectives and not table["latency_ms"].notna().any():
+        objectives = [o for o in objectives if o != "latency"]
+    if args.json:
+        print(json.dumps(pareto_records(table, objectives), indent=2))
+    else:
+        print(pareto_table(table, objectives))
+    index = write_pages(table, args.out or args.run_dir / "pages", objectives, title=f"mixnas: {args.run_dir}")
+    print(f"Pareto pages: {index}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mixnas.results.export import export_architectures
+    from mixnas.results.pareto import parse_objectives
+
+    if not args.pareto and not args.trial:
+        raise CLIError("choose what to export: --pareto or --trial N")
+    paths = export_architectures(args.run_dir, args.out, trials=args.trial, pareto=args.pareto,
+                                 objectives=parse_objectives(args.objectives), weights=args.weights,
+                                 progress=not args.quiet)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mixnas.presets import get_preset, run_preset
+
+    run_preset(get_preset(args.preset, args.data), args.out, progress=not args.quiet, trials=args.trials,
+               epochs=args.epochs)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def positive_int(text: str) -> int:
     try:
@@ -159,6 +284,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-distill", action="store_true", help="train every architecture on the labels")
     p.add_argument("--budget-weight", type=float, default=1.0, help="weight of DGE's budget loss")
     p.set_defaults(func=cmd_supernet_train)
+
+    add_search_parser(sub)
+
+    p = sub.add_parser("results", help="print the Pareto table and write the plotly pages")
+    p.add_argument("run_dir", type=Path, help="a run directory that has been searched")
+    p.add_argument("--objectives", default="accuracy,flops,latency", help="objectives of the front")
+    p.add_argument("--out", type=Path, default=None, help="where the pages go (default RUN_DIR/pages)")
+    p.add_argument("--json", action="store_true", help="print the front as JSON")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("export", help="write chosen architectures as ArchConfig YAML (and weights)")
+    p.add_argument("run_dir", type=Path, help="a run directory that has been searched")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--pareto", action="store_true", help="every architecture on the Pareto front")
+    which.add_argument("--trial", type=int, action="append", help="trial number (repeatable)")
+    p.add_argument("--out", type=Path, required=True, help="directory for the YAML files")
+    p.add_argument("--weights", action="store_true", help="also write inherited weights (safetensors)")
+    p.add_argument("--objectives", default="accuracy,flops,latency", help="objectives of the front")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_export)
+
+    from mixnas.train import add_train_parser
+
+    add_train_parser(sub)
+
+    p = sub.add_parser("run", help="the main job: train, search, results, export (resumable)")
+    p.add_argument("--preset", default="demo", help="demo (embedded data), cifar or imagenet")
+    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--data", default=None, help="dataset spec; cifar and imagenet presets need one")
+    p.add_argument("--trials", type=positive_int, default=None, help="override the preset's candidate count")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override the preset's training epochs")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_run)
+
+    from mixnas.search.latency_lut import add_lut_parser
+
+    add_lut_parser(sub)
     return parser
 
 

@@ -1,0 +1,92 @@
+"""Supernet.extract: the standalone model of an architecture equals the supernet running it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from mixnas import ArchConfig, ConfigError, SearchSpace, Supernet, build_model
+from mixnas.search.profiler import count_params
+
+SPACES = Path(__file__).resolve().parents[1] / "configs" / "spaces"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def randomise_batchnorm(net: torch.nn.Module, seed: int) -> None:
+    """Give every BatchNorm distinct statistics, so that a mis-sliced buffer shows in the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+
+
+@pytest.mark.parametrize("space_name", ["demo", "cifar", "imagenet"])
+def test_extract_matches_the_supernet_on_50_architectures(space_name: str) -> None:
+    space = SearchSpace.from_yaml(SPACES / f"{space_name}.yaml")
+    torch.manual_seed(0)
+    net = Supernet(space).eval()
+    with torch.no_grad():
+        randomise_batchnorm(net, 0)
+    rng = random.Random(0)
+    archs = [space.largest(m) for m in space.mixer_types()] + [space.smallest()]
+    archs += [space.sample(rng) for _ in range(50)]
+    batch = 2 if space.input_size <= 64 else 1
+    x = torch.randn(batch, 3, space.input_size, space.input_size)
+    mixers_seen = set()
+    for arch in archs:
+        model = net.extract(arch).eval()
+        assert count_params(model) == count_params(build_model(arch))
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), net(x, arch), atol=1e-5, rtol=0)
+        mixers_seen.update(s.mixer.type for s in arch.stages)
+    assert mixers_seen == {"window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"}
+
+
+def test_architecture_outside_the_space_is_refused() -> None:
+    space = SearchSpace.from_yaml(SPACES / "demo.yaml")
+    net = Supernet(space)
+    d = space.largest().to_dict()
+    d["stages"][0]["dim"] = 40
+    outside = ArchConfig.from_dict(d)
+    x = torch.randn(1, 3, 32, 32)
+    with pytest.raises(ConfigError, match=r"not in the search space: stages\[0\].dim: 40 is not among \[32, 48\]"):
+        net(x, outside)
+    with pytest.raises(ConfigError, match="not in the search space"):
+        net.extract(outside)
+    with pytest.raises(ValueError, match="supernet runs one architecture per call"):
+        net(x)
+
+
+def test_weights_are_shared_between_architectures() -> None:
+    """A smaller kernel is the centre of the larger one; a narrower layer is the leading slice."""
+    space = SearchSpace.from_yaml(SPACES / "demo.yaml")
+    net = Supernet(space)
+    big = space.largest("dwconv")
+    d = big.to_dict()
+    d["stages"][0]["mixer"]["kernel_size"] = 3
+    d["stages"][0]["dim"] = 32
+    small = ArchConfig.from_dict(d)
+    m = net.extract(small)
+    held = net.stages[0].blocks[0].mixers["dwconv"].conv.weight  # (48, 1, 5, 5)
+    got = m.stages[0].blocks[0].mixers["dwconv"].conv.weight  # (32, 1, 3, 3)
+    torch.testing.assert_close(got, held[:32, :, 1:4, 1:4])
+    # Training one architecture moves weights another architecture uses.
+    before = net.extract(big).stages[0].blocks[0].mixers["dwconv"].conv.weight.clone()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    net.train()
+    net(torch.randn(4, 3, 32, 32), small).sum().backward()
+    opt.step()
+    after = net.extract(big).stages[0].blocks[0].mixers["dwconv"].conv.weight
+    assert not torch.equal(before[:32, :, 1:4, 1:4], after[:32, :, 1:4, 1:4])
+    torch.testing.assert_close(before[32:], after[32:])  # channels the small one lacks are untouched

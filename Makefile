@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint references clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ demo: $(STAMP)
 	$(BIN)/mixnas run --preset demo --out runs/demo
 
 test: $(STAMP)
+	@scripts/ensure-chromium
 	$(BIN)/python -m pytest
+
+references: $(STAMP)
+	$(BIN)/mixnas profile configs/reference/*.yaml --max-seconds 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check mixnas tests bench

@@ -260,3 +260,19 @@ def test_optuna_is_quiet(tmp_path: Path) -> None:
     run_optuna_search(tmp_path, SearchSettings(trials=2, sampler="random", references=False), FakeEvaluator(space),
                       progress=False)
     assert optuna.logging.get_verbosity() <= optuna.logging.WARNING
+
+
+def test_train_epochs_fine_tunes_before_scoring(trained: Path, tmp_path: Path) -> None:
+    """--train-epochs: the scored network is the inherited one trained further (weights move), and the
+    result is cached under those settings only."""
+    run = copy_run(trained, tmp_path)
+    plain = CandidateEvaluator(run, FAST)
+    tuned = CandidateEvaluator(run, EvalSettings(**{**FAST.__dict__, "train_epochs": 1, "finetune_steps": 3}))
+    arch = plain.space.largest("window_attn")
+    before = plain.prepare(arch).state_dict()
+    after = tuned.prepare(arch).state_dict()
+    moved = [k for k in before if before[k].dtype.is_floating_point and not torch.equal(before[k], after[k])]
+    assert any(k.endswith("qkv.weight") for k in moved)
+    assert plain.evaluate(arch)["cached"] is False
+    assert tuned.evaluate(arch)["cached"] is False  # another setting: not served from the plain cache
+    assert tuned.evaluate(arch)["cached"] is True

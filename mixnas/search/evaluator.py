@@ -53,6 +53,7 @@ class EvalSettings:
         flops_images: validation images whose FLOPs are averaged for input-dependent (DGE) models.
         train_epochs: fine-tune each candidate from its inherited weights for this many epochs first.
         finetune_lr: learning rate of that fine-tuning.
+        finetune_steps: cap on fine-tuning steps per epoch (0 = a full pass over the training set).
         seed: seeds fine-tuning and data order.
     """
 
@@ -67,6 +68,7 @@ class EvalSettings:
     flops_images: int = 8
     train_epochs: int = 0
     finetune_lr: float = 5e-4
+    finetune_steps: int = 0
     seed: int = 0
 
     def cache_key(self) -> str:
@@ -168,7 +170,7 @@ class CandidateEvaluator:
         model = self.supernet.extract(arch).to(self.device)
         if self.settings.train_epochs > 0:
             finetune(model, self.data, self.settings.train_epochs, self.settings.finetune_lr,
-                     self.train_config.batch_size, self.device, self.settings.seed)
+                     self.train_config.batch_size, self.device, self.settings.seed, self.settings.finetune_steps)
         recalibrate_batchnorm(model, self.calib_loader, self.settings.calib_batches)
         return model.eval()
 
@@ -207,8 +209,10 @@ def load_settings(run_dir: str | Path) -> EvalSettings:
 
 
 def finetune(model: torch.nn.Module, data: Any, epochs: int, lr: float, batch_size: int,
-             device: torch.device, seed: int) -> None:
-    """Train an extracted subnet for a few epochs from its inherited weights (AdamW, cosine, timm)."""
+             device: torch.device, seed: int, max_steps: int = 0) -> None:
+    """Train an extracted subnet for a few epochs from its inherited weights (AdamW, cosine, timm).
+
+    ``max_steps`` caps the steps of each epoch (0: a full pass)."""
     from timm.loss import LabelSmoothingCrossEntropy
     from timm.optim import create_optimizer_v2
     from timm.scheduler import create_scheduler_v2
@@ -217,14 +221,18 @@ def finetune(model: torch.nn.Module, data: Any, epochs: int, lr: float, batch_si
 
     optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=0.05)
     loader = make_loader(data.train, batch_size, shuffle=True, seed=seed, drop_last=True)
+    per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
     scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, step_on_epochs=False,
-                                       updates_per_epoch=len(loader), warmup_epochs=0)
+                                       updates_per_epoch=per_epoch, warmup_epochs=0)
     loss_fn = LabelSmoothingCrossEntropy(0.1)
     model.train()
     step = 0
     for epoch in range(epochs):
         torch.manual_seed(seed * 7919 + epoch)
-        for x, y in make_loader(data.train, batch_size, shuffle=True, seed=seed + epoch, drop_last=True):
+        epoch_loader = make_loader(data.train, batch_size, shuffle=True, seed=seed + epoch, drop_last=True)
+        for i, (x, y) in enumerate(epoch_loader):
+            if i >= per_epoch:
+                break
             loss = loss_fn(model(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

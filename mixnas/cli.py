@@ -117,6 +117,7 @@ def eval_settings_from_args(args: argparse.Namespace):
         device=args.device, latency=latency, latency_lut=str(args.latency_lut) if args.latency_lut else None,
         latency_batch_size=args.latency_batch_size, latency_runs=args.latency_runs,
         train_epochs=args.train_epochs, seed=args.seed, val_limit=args.val_limit,
+        finetune_steps=args.finetune_steps, flops_images=args.flops_images,
     )
 
 
@@ -175,7 +176,10 @@ def add_search_parser(sub) -> None:
     p.add_argument("--latency-batch-size", type=positive_int, default=1, help="batch size for measured latency")
     p.add_argument("--latency-runs", type=positive_int, default=20, help="timed runs per candidate")
     p.add_argument("--train-epochs", type=int, default=0, help="fine-tune each candidate this many epochs first")
+    p.add_argument("--finetune-steps", type=int, default=0, help="cap on fine-tuning steps per epoch (0: all)")
     p.add_argument("--val-limit", type=int, default=0, help="score on at most this many validation images")
+    p.add_argument("--flops-images", type=positive_int, default=8,
+                   help="images whose FLOPs are averaged for input-dependent (DGE) candidates")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where candidates are scored")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     p.add_argument("--no-references", action="store_true", help="skip the hand-designed reference architectures")
@@ -336,7 +340,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [CLIError, ConfigError]
     for module, name in (("mixnas.data", "DataError"), ("mixnas.results", "ResultsError"),
-                         ("mixnas.supernet.checkpoint", "CheckpointError")):
+                         ("mixnas.supernet.checkpoint", "CheckpointError"),
+                         ("mixnas.search.latency_lut", "LUTError")):
         with contextlib.suppress(ImportError, AttributeError):
             errors.append(getattr(__import__(module, fromlist=[name]), name))
     return tuple(errors)

@@ -115,6 +115,11 @@ class CandidateEvaluator:
             if not self.settings.latency_lut:
                 raise ConfigError("--latency-lut: required when latency is predicted from a lookup table")
             self.lut = LatencyTable.load(self.settings.latency_lut)
+            if self.lut.batch_size != self.settings.latency_batch_size:
+                raise ConfigError(
+                    f"--latency-lut: {self.settings.latency_lut} was measured at batch {self.lut.batch_size}, "
+                    f"but --latency-batch-size is {self.settings.latency_batch_size}; build a table at that batch"
+                )
         self.cache_dir = self.run_dir / SEARCH_DIR / "cache"
         self._memory: dict[str, dict[str, Any]] = {}
 

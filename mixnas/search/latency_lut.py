@@ -1,0 +1,729 @@
+"""Latency lookup tables: per-component latencies measured once on one device, summed to predict a network.
+
+``mixnas latency build-lut --space SPACE.yaml --device cuda --batch-size 64 --out lut.json`` measures every
+component that an architecture of the space can be made of, each as a standalone module built at exactly
+its size and run on a tensor of the right shape, on the named device (DESIGN.md section 3: CUDA events on
+a GPU, a monotonic clock on the CPU, after warm-up, median of the runs). A search on a machine without
+that device then scores latency as ``LatencyTable.load("lut.json").predict(arch)``.
+
+Components and their keys (each entry is the median latency in ms of one forward pass at the table's
+batch size, float32, no grad):
+
+- ``stem/res{R}/c{C}``: patch-embedding conv, then (as the space says) LayerNorm and position embedding,
+  for every first-stage width C; R is the first stage's resolution (tokens on a side).
+- ``merge/s{i}/res{R}/c{Cin}->c{Cout}``: stage i's patch merging (hierarchical layouts, i >= 1), for
+  every pair of widths; R is the resolution it reads (the previous stage's).
+- ``block/s{i}/res{R}/{mixer}/c{C}[/h{H}]/r{ratio}/{ffn}[/shifted]``: one block of stage i. ``{mixer}``
+  is the mixer type with the parameters that change its cost, e.g. ``window_attn(window_size=4,
+  rel_pos_bias=True)``; DGE's ``gamma`` (a training target) is left out, and a window at least the
+  stage's resolution (global attention) is keyed as the resolution. ``/h{H}`` appears only where heads
+  change the computation (window_attn, refiner, dge, inhomogeneous dyn_dwconv). ``/shifted`` marks the
+  odd blocks of a shifted-window stage (window_attn or refiner with a window smaller than the
+  resolution), which also roll the map and add the shift mask; other blocks cost the same at any index.
+- ``head/res{R}/c{C}``: final LayerNorm, global average pool and classifier, per last-stage width.
+
+A network's component sum is stem + head + for each stage (merging + its blocks, even and odd). The
+prediction is ``scale * sum + offset_ms``, both fitted by least squares on whole networks measured while
+building (``calibration_archs`` random architectures plus the space's largest and smallest): a component
+timed alone, over and over, runs with its weights hot in cache and without the network's own overhead
+(the framework's per-call work, the stem-to-head data flow), and the fit absorbs the difference. The
+calibration networks are measured interleaved with the components, and with ``passes > 1`` everything is
+measured in several passes in alternating order (the median of the pass medians is kept), so that on a
+shared machine a burst of load falls on both alike rather than on a few entries or on the calibration.
+
+On the CPU a table holds for the thread count it was built with (``device`` names it, as
+``device_name`` does); set ``torch.set_num_threads`` alike when comparing.
+
+DGE's latency depends on the image through its router. Blocks and calibration networks are measured
+with the router as initialised (zero weights, a bias giving the finest granularity probability 0.95),
+under which evaluation sends every region to the finest granularity: the table predicts DGE at its
+densest, an upper bound for a trained router.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mixnas.atomic import atomic_write_text
+from mixnas.search.profiler import device_name, measure_latency
+from mixnas.search_space import ArchConfig, SearchSpace, StageConfig
+from mixnas.search_space.arch import MIXER_PARAMS, MixerConfig, stage_resolutions
+from mixnas.supernet.backbone import Block, PatchMerging, StageLimits, build_model
+from mixnas.supernet.elastic import ElasticConv2d, ElasticLayerNorm, ElasticLinear
+
+LUT_FORMAT = "mixnas-latency-lut"
+LUT_VERSION = 1
+DEFAULT_RUNS = 20
+DEFAULT_WARMUP = 5
+CALIBRATION_WARN_PCT = 25.0  # build-lut warns when the calibration networks are this far (%) from the fit
+# Mixer parameters that do not change a forward pass's cost: left out of block keys.
+COST_FREE_PARAMS = frozenset({"gamma"})
+# Fields of the space every architecture shares; a table answers only for architectures that match them.
+GEOMETRY_FIELDS = ("input_size", "in_chans", "num_classes", "patch_size", "layout", "pos_embed", "stem_norm")
+
+# How the network calls a component on its input: ``call(module, inputs)``.
+ComponentCall = Callable[[nn.Module, Tensor], Tensor]
+
+
+class LUTError(ValueError):
+    """A latency table is missing, corrupt or from another version, or lacks a component an architecture uses.
+
+    The message is one line naming the file (when there is one) and the component or field.
+    """
+
+
+# ---------------------------------------------------------------------------------------- component keys
+def _heads_matter(mixer: MixerConfig) -> bool:
+    return mixer.type in ("window_attn", "refiner", "dge") or (mixer.type == "dyn_dwconv" and bool(mixer.inhomogeneous))
+
+
+def _shifts(mixer: MixerConfig, resolution: int) -> bool:
+    """True when odd blocks roll the map and mask the borders (a window smaller than the map)."""
+    return mixer.type in ("window_attn", "refiner") and mixer.window_size is not None and mixer.window_size < resolution
+
+
+def mixer_key(mixer: MixerConfig, resolution: int) -> str:
+    """The mixer and the parameters that change its cost, e.g. ``dwconv(kernel_size=5)``.
+
+    Args:
+        mixer: the mixer.
+        resolution: its stage's resolution (tokens on a side); a larger window is global attention.
+    """
+    parts = []
+    for name in MIXER_PARAMS[mixer.type]:
+        if name in COST_FREE_PARAMS:
+            continue
+        value = getattr(mixer, name)
+        if name == "window_size":
+            value = min(value, resolution)
+        elif isinstance(value, tuple):
+            value = "-".join(str(v) for v in value)
+        parts.append(f"{name}={value}")
+    return f"{mixer.type}({','.join(parts)})"
+
+
+def stem_key(resolution: int, dim: int) -> str:
+    return f"stem/res{resolution}/c{dim}"
+
+
+def merge_key(stage_index: int, resolution_in: int, in_dim: int, out_dim: int) -> str:
+    return f"merge/s{stage_index}/res{resolution_in}/c{in_dim}->c{out_dim}"
+
+
+def head_key(resolution: int, dim: int) -> str:
+    return f"head/res{resolution}/c{dim}"
+
+
+def block_key(stage_index: int, resolution: int, stage: StageConfig, block_index: int) -> str:
+    """Key of block ``block_index`` of a stage; depth is not part of it.
+
+    Args:
+        stage_index: the stage's position (0 = first).
+        resolution: the stage's resolution (tokens on a side).
+        stage: the stage's configuration.
+        block_index: the block's index within the stage (its parity matters for shifted windows).
+    """
+    m = stage.mixer
+    heads = f"/h{stage.heads}" if _heads_matter(m) else ""
+    shifted = "/shifted" if _shifts(m, resolution) and block_index % 2 else ""
+    return (
+        f"block/s{stage_index}/res{resolution}/{mixer_key(m, resolution)}/c{stage.dim}{heads}"
+        f"/r{stage.mlp_ratio:g}/{stage.ffn.short()}{shifted}"
+    )
+
+
+def arch_components(arch: ArchConfig) -> Counter[str]:
+    """The components of an architecture: key -> how many times the network runs it."""
+    resolutions = arch.resolutions
+    counts: Counter[str] = Counter()
+    counts[stem_key(resolutions[0], arch.stages[0].dim)] += 1
+    for i, (stage, res) in enumerate(zip(arch.stages, resolutions)):
+        if i > 0 and arch.layout == "hierarchical":
+            counts[merge_key(i, resolutions[i - 1], arch.stages[i - 1].dim, stage.dim)] += 1
+        for b in range(stage.depth):
+            counts[block_key(i, res, stage, b)] += 1
+    counts[head_key(resolutions[-1], arch.stages[-1].dim)] += 1
+    return counts
+
+
+# ------------------------------------------------------------------------------- standalone components
+class _ComponentRunner(nn.Module):
+    """Runs one component on its own input; the image that ``measure_latency`` passes in is ignored.
+
+    Args:
+        component: the module, built at exactly the measured size.
+        inputs: its input at the table's batch size, e.g. (B, H, W, C) channels-last tokens.
+        call: how the network calls it: ``call(component, inputs)``.
+    """
+
+    def __init__(self, component: nn.Module, inputs: Tensor, call: ComponentCall) -> None:
+        super().__init__()
+        self.component = component
+        self.register_buffer("inputs", inputs, persistent=False)
+        self.call = call
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.call(self.component, self.inputs)
+
+
+class _Stem(nn.Module):
+    """MixerNet's stem at one width: conv k = stride = patch, channels-last, LayerNorm, position embedding.
+
+    Args:
+        space: supplies in_chans, patch_size, stem_norm and pos_embed.
+        dim: output width C.
+        resolution: tokens on a side after the stem.
+    """
+
+    def __init__(self, space: SearchSpace, dim: int, resolution: int) -> None:
+        super().__init__()
+        p = space.patch_size
+        self.patch_embed = ElasticConv2d(space.in_chans, dim, p, stride=p, same_padding=False)
+        self.norm = ElasticLayerNorm(dim) if space.stem_norm else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, resolution, resolution, dim)) if space.pos_embed else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, H, W) images -> (B, H/p, W/p, C) tokens."""
+        x = self.patch_embed(x).permute(0, 2, 3, 1)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x if self.pos_embed is None else x + self.pos_embed
+
+
+class _Head(nn.Module):
+    """MixerNet's head at one width: LayerNorm, global average pool, Linear(C, num_classes).
+
+    Args:
+        dim: last-stage width C.
+        num_classes: classifier outputs.
+    """
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = ElasticLayerNorm(dim)
+        self.fc = ElasticLinear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, H, W, C) tokens -> (B, num_classes) logits."""
+        return self.fc(self.norm(x).mean((1, 2)))
+
+
+@dataclass(frozen=True)
+class _Component:
+    """How to build and run one table entry.
+
+    Args:
+        key: the entry's key.
+        kind: stem, merge, block or head.
+        stage: stage index (stem: 0, head: the last).
+        input_shape: the input's shape at the table's batch size.
+        build: makes the module and the call that runs it on its input.
+    """
+
+    key: str
+    kind: str
+    stage: int
+    input_shape: tuple[int, ...]
+    build: Callable[[], tuple[nn.Module, ComponentCall]]
+
+
+def _exact_limits(space: SearchSpace, stage: StageConfig, resolution: int) -> StageLimits:
+    """The limits of a stage holding exactly ``stage`` (a block as ``build_model`` builds it)."""
+    one = ArchConfig(input_size=space.input_size, num_classes=space.num_classes, patch_size=space.patch_size,
+                     layout=space.layout, stages=(stage,))
+    return StageLimits.from_choices(SearchSpace.from_arch(one).stages[0], resolution)
+
+
+def _block_builder(
+    space: SearchSpace, stage: StageConfig, resolution: int, block_index: int
+) -> Callable[[], tuple[nn.Module, ComponentCall]]:
+    def build() -> tuple[nn.Module, ComponentCall]:
+        block = Block(_exact_limits(space, stage, resolution))
+        return block, lambda module, x: module(x, stage, block_index, 0.0)
+
+    return build
+
+
+def space_components(space: SearchSpace, batch_size: int = 1) -> list[_Component]:
+    """Every component that an architecture of ``space`` can run, each once, in stage order.
+
+    Args:
+        space: the search space.
+        batch_size: images per forward pass (the inputs' leading dimension).
+    """
+    resolutions = stage_resolutions(space.input_size, space.patch_size, space.layout, len(space.stages))
+    out: dict[str, _Component] = {}
+
+    def add(c: _Component) -> None:
+        out.setdefault(c.key, c)
+
+    b, res0 = batch_size, resolutions[0]
+    for dim in space.stages[0].dims:
+        add(_Component(
+            stem_key(res0, dim), "stem", 0, (b, space.in_chans, space.input_size, space.input_size),
+            lambda dim=dim: (_Stem(space, dim, res0), lambda module, x: module(x)),
+        ))
+    for i, (st, res) in enumerate(zip(space.stages, resolutions)):
+        if i > 0 and space.layout == "hierarchical":
+            for in_dim in space.stages[i - 1].dims:
+                for out_dim in st.dims:
+                    add(_Component(
+                        merge_key(i, resolutions[i - 1], in_dim, out_dim), "merge", i,
+                        (b, resolutions[i - 1], resolutions[i - 1], in_dim),
+                        lambda i_=in_dim, o=out_dim: (PatchMerging(i_, o), lambda module, x, o=o: module(x, o)),
+                    ))
+        for m in st.mixers:
+            for opt in m.options():
+                for dim in st.dims:
+                    for heads in st.heads:
+                        for ratio in st.mlp_ratios:
+                            for ffn in st.ffns_for(m.type):
+                                stage = StageConfig(1, dim, heads, ratio, ffn, opt)
+                                for parity in (0, 1) if _shifts(opt, res) else (0,):
+                                    add(_Component(
+                                        block_key(i, res, stage, parity), "block", i, (b, res, res, dim),
+                                        _block_builder(space, stage, res, parity),
+                                    ))
+    last = len(space.stages) - 1
+    for dim in space.stages[-1].dims:
+        add(_Component(
+            head_key(resolutions[-1], dim), "head", last, (b, resolutions[-1], resolutions[-1], dim),
+            lambda dim=dim: (_Head(dim, space.num_classes), lambda module, x: module(x)),
+        ))
+    return list(out.values())
+
+
+# ------------------------------------------------------------------------------------------------ table
+@dataclass
+class LatencyTable:
+    """Per-component latencies (ms) on one device and a calibration fitted on whole networks.
+
+    Args:
+        entries: component key -> median latency (ms) of one forward pass at ``batch_size``.
+        device: the device's name as ``device_name`` gives it (e.g. "NVIDIA H200").
+        batch_size: images per forward pass.
+        calibration: ``{"scale": a, "offset_ms": b, ...}``: a prediction is ``a * component sum + b`` (ms);
+            it may also hold the fit's kind, its points and its error on them.
+        device_type: "cpu" or "cuda".
+        geometry: the space's fixed fields (input_size, patch_size, ...); architectures must match them.
+        space_name: the space the table was built for (a label).
+        meta: provenance (torch version, date, runs, warm-up, dtype, build seconds).
+        path: the file it was loaded from or saved to, if any.
+    """
+
+    entries: dict[str, float]
+    device: str
+    batch_size: int
+    calibration: dict[str, Any]
+    device_type: str = "cpu"
+    geometry: dict[str, Any] = field(default_factory=dict)
+    space_name: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    # ------------------------------------------------------------------------------------------- I/O
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": LUT_FORMAT,
+            "version": LUT_VERSION,
+            "device": self.device,
+            "device_type": self.device_type,
+            "batch_size": self.batch_size,
+            "space_name": self.space_name,
+            "geometry": self.geometry,
+            "meta": self.meta,
+            "calibration": self.calibration,
+            "entries": dict(sorted(self.entries.items())),
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the table as JSON, atomically (a reader sees the old file or the new one)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        self.path = str(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table written by ``save``; LUTError naming the file if it is missing, corrupt or foreign."""
+        p = Path(path)
+        if not p.is_file():
+            raise LUTError(f"{p}: no such latency table; build one with mixnas latency build-lut")
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError) as e:
+            raise LUTError(f"{p}: cannot be read ({e.__class__.__name__})") from None
+        except json.JSONDecodeError as e:
+            raise LUTError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); rebuild the latency table") from None
+        if not isinstance(data, dict) or data.get("format") != LUT_FORMAT:
+            raise LUTError(f"{p}: not a mixnas latency table (no \"format\": \"{LUT_FORMAT}\")")
+        if data.get("version") != LUT_VERSION:
+            raise LUTError(
+                f"{p}: latency table version {data.get('version')!r}, this mixnas reads version {LUT_VERSION}; "
+                f"rebuild it with mixnas latency build-lut"
+            )
+        try:
+            return cls._from_dict(data, str(p))
+        except (KeyError, TypeError, ValueError) as e:
+            reason = e.args[0] if isinstance(e, KeyError) and e.args else e
+            raise LUTError(f"{p}: corrupt latency table ({e.__class__.__name__}: {reason})") from None
+
+    @classmethod
+    def _from_dict(cls, data: dict[str, Any], path: str) -> LatencyTable:
+        entries = data["entries"]
+        if not isinstance(entries, dict) or not entries:
+            raise ValueError("'entries' must be a non-empty mapping of component to ms")
+        clean: dict[str, float] = {}
+        for key, ms in entries.items():
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not math.isfinite(ms) or ms < 0:
+                raise ValueError(f"entry {key!r} is {ms!r}, not a latency in ms")
+            clean[str(key)] = float(ms)
+        cal = data["calibration"]
+        if not isinstance(cal, dict):
+            raise ValueError("'calibration' must be a mapping")
+        for name in ("scale", "offset_ms"):
+            v = cal[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"calibration {name} is {v!r}")
+        if cal["scale"] <= 0:
+            raise ValueError(f"calibration scale is {cal['scale']}, must be > 0")
+        batch = data["batch_size"]
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"batch_size is {batch!r}")
+        return cls(
+            entries=clean, device=str(data["device"]), batch_size=batch, calibration=cal,
+            device_type=str(data.get("device_type", "cpu")), geometry=dict(data.get("geometry") or {}),
+            space_name=data.get("space_name"), meta=dict(data.get("meta") or {}), path=path,
+        )
+
+    # ------------------------------------------------------------------------------------ prediction
+    @property
+    def source(self) -> str:
+        """Where predictions come from, e.g. ``predicted: lut.json (cuda: NVIDIA H200, batch 64)``."""
+        where = self.device if self.device.startswith(f"{self.device_type}:") else f"{self.device_type}: {self.device}"
+        return f"predicted: {self.path or 'in-memory table'} ({where}, batch {self.batch_size})"
+
+    def _name(self) -> str:
+        return self.path or "the latency table"
+
+    def check_geometry(self, arch: ArchConfig) -> None:
+        """LUTError if ``arch`` differs from the table's space in a fixed field (input size, patch, ...)."""
+        for name, value in self.geometry.items():
+            if name == "num_stages":
+                if len(arch.stages) != value:
+                    raise LUTError(f"{self._name()}: built for {value} stages, the architecture has {len(arch.stages)}")
+            elif getattr(arch, name) != value:
+                raise LUTError(
+                    f"{self._name()}: built for {name} {value!r}, the architecture has {getattr(arch, name)!r}; "
+                    f"build a table for its space"
+                )
+
+    def component_sum(self, arch: ArchConfig) -> float:
+        """Sum (ms) of the architecture's components as measured standalone, before calibration.
+
+        Raises LUTError naming the first component the table lacks (e.g. a table built for another space).
+        """
+        self.check_geometry(arch)
+        total = 0.0
+        for key, count in arch_components(arch).items():
+            ms = self.entries.get(key)
+            if ms is None:
+                space = f" (space {self.space_name})" if self.space_name else ""
+                raise LUTError(
+                    f"{self._name()}{space} has no entry for component {key!r}; the architecture uses a choice "
+                    f"the table was not built for: build a table for its space"
+                )
+            total += count * ms
+        return total
+
+    def predict(self, arch: ArchConfig) -> float:
+        """Predicted median latency (ms) of one forward pass at the table's batch size, on its device."""
+        return self.calibration["scale"] * self.component_sum(arch) + self.calibration["offset_ms"]
+
+
+# ---------------------------------------------------------------------------------------------- building
+def fit_calibration(component_sums: list[float], measured_ms: list[float], floor_sum: float) -> dict[str, Any]:
+    """Least-squares ``measured = scale * sum + offset_ms`` over whole networks, kept physically sensible.
+
+    The fit must give every architecture of the space a positive latency: when its offset is so negative
+    that a network with the space's smallest component sum ``floor_sum`` would be predicted below half its
+    scaled sum, the offset is pinned there and only the scale is fitted; a non-positive scale (noise on
+    too few or too similar points) falls back to a fit through the origin.
+
+    Args:
+        component_sums: each calibration network's component sum (ms).
+        measured_ms: each one's measured median latency (ms).
+        floor_sum: the smallest component sum (ms) an architecture of the space can have (a lower bound).
+
+    Returns:
+        ``{"scale", "offset_ms", "fit", "mape_pct"}``: the fit's kind and its mean absolute percentage
+        error on the calibration networks.
+    """
+    s, m = np.asarray(component_sums, float), np.asarray(measured_ms, float)
+    if len(s) >= 2 and np.ptp(s) > 0:
+        scale, offset = (float(v) for v in np.polyfit(s, m, 1))
+        kind = "least-squares"
+    else:
+        scale, offset, kind = float(m.sum() / s.sum()), 0.0, "ratio"
+    if scale > 0 and offset < -0.5 * scale * floor_sum:
+        shifted = s - 0.5 * floor_sum
+        scale = float((m * shifted).sum() / (shifted * shifted).sum())
+        offset, kind = -0.5 * scale * floor_sum, "least-squares, offset pinned"
+    if not scale > 0:
+        scale, offset, kind = float((m * s).sum() / (s * s).sum()), 0.0, "ratio"
+    mape = float(np.mean(np.abs(scale * s + offset - m) / m) * 100)
+    return {"scale": scale, "offset_ms": offset, "fit": kind, "mape_pct": mape}
+
+
+def _floor_sum(entries: dict[str, float], components: list[_Component], space: SearchSpace) -> float:
+    """A lower bound (ms) on any architecture's component sum: the cheapest of each part, minimum depths."""
+    def cheapest(kind: str, stage: int) -> float:
+        return min((entries[c.key] for c in components if c.kind == kind and c.stage == stage), default=0.0)
+
+    last = len(space.stages) - 1
+    total = cheapest("stem", 0) + cheapest("head", last)
+    for i, st in enumerate(space.stages):
+        total += cheapest("merge", i) + min(st.depths) * cheapest("block", i)
+    return total
+
+
+def calibration_architectures(space: SearchSpace, count: int, seed: int) -> list[ArchConfig]:
+    """``count`` distinct random architectures (seeded) plus the space's largest and smallest."""
+    rng = random.Random(seed)
+    archs: dict[str, ArchConfig] = {}
+    for arch in (space.largest(), space.smallest()):
+        archs.setdefault(arch.arch_id, arch)
+    attempts = 0
+    while len(archs) < count + 2 and attempts < 20 * (count + 2):
+        arch = space.sample(rng)
+        archs.setdefault(arch.arch_id, arch)
+        attempts += 1
+    return list(archs.values())
+
+
+def measure_network_ms(
+    arch: ArchConfig, device: str = "cpu", batch_size: int = 1, runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP, max_seconds: float | None = None, seed: int = 0,
+) -> float:
+    """Median latency (ms) of the standalone network of ``arch`` (``build_model``), as the table measures it.
+
+    Args:
+        arch: the architecture.
+        device: "cpu" or "cuda[:N]".
+        batch_size: images per forward pass.
+        runs: timed runs.
+        warmup: untimed runs first.
+        max_seconds: cap on the timed runs' total duration (s); None for no cap.
+        seed: seeds the weights' initialisation.
+    """
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    stats = measure_latency(
+        model, arch.input_size, batch_size=batch_size, device=device, runs=runs, warmup=warmup,
+        in_chans=arch.in_chans, max_seconds=max_seconds,
+    )
+    return stats.median_ms
+
+
+def _measure_component(
+    c: _Component, device: str, runs: int, warmup: int, max_seconds: float | None, seed: int
+) -> float:
+    torch.manual_seed(seed)
+    module, call = c.build()
+    runner = _ComponentRunner(module, torch.randn(c.input_shape), call)
+    stats = measure_latency(runner, 1, batch_size=1, device=device, runs=runs, warmup=warmup, in_chans=1,
+                            max_seconds=max_seconds)
+    return stats.median_ms
+
+
+def _interleaved(
+    items: list, measure: Callable[[Any], float], passes: int, progress: bool, desc: str
+) -> list[float]:
+    """``measure`` each item in ``passes`` passes, alternately forwards and backwards; the median per item.
+
+    A burst of load from another process then lands on one pass of a few items, not on every run of them.
+    """
+    per_item: list[list[float]] = [[] for _ in items]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=passes * len(items), desc=desc, unit="entry", file=sys.stderr, dynamic_ncols=True)
+    for p in range(passes):
+        order = range(len(items)) if p % 2 == 0 else range(len(items) - 1, -1, -1)
+        for i in order:
+            per_item[i].append(measure(items[i]))
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return [float(np.median(v)) for v in per_item]
+
+
+def build_latency_table(
+    space: SearchSpace,
+    device: str = "cpu",
+    batch_size: int = 1,
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
+    calibration_archs: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+    max_seconds_per_entry: float | None = None,
+    passes: int = 1,
+) -> LatencyTable:
+    """Measure every component of ``space`` on ``device`` and calibrate on whole networks.
+
+    Args:
+        space: the search space whose architectures the table must answer for.
+        device: "cpu" or "cuda[:N]" (ValueError if CUDA is asked for and not available).
+        batch_size: images per forward pass.
+        runs: timed runs per component and per calibration network (the median is kept).
+        warmup: untimed runs before them.
+        calibration_archs: random architectures measured whole to fit the calibration, besides the
+            space's largest and smallest.
+        seed: seeds the calibration architectures and the modules' initialisation.
+        progress: print the component count and show a progress bar on stderr.
+        max_seconds_per_entry: cap (s) on the timed runs of one component or network (at least 5 runs);
+            None for no cap.
+        passes: measure every component and network this many times (``runs`` each), in alternating
+            order, and keep the median of its medians. 1 suffices on an idle device; 3 makes a table
+            built on a shared, noisy machine robust to bursts of load from other processes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if passes < 1:
+        raise ValueError(f"passes must be >= 1, got {passes}")
+    name = device_name(device)  # also rejects an unavailable device before anything is built
+    start = time.perf_counter()
+    components = space_components(space, batch_size)
+    archs = calibration_architectures(space, calibration_archs, seed)
+    if progress:
+        kinds = Counter(c.kind for c in components)
+        print(
+            f"latency LUT: {len(components)} components ({kinds['block']} blocks, {kinds['merge']} mergings, "
+            f"{kinds['stem']} stems, {kinds['head']} heads) and {len(archs)} calibration networks "
+            f"on {name}, batch {batch_size}" + (f", {passes} passes" if passes > 1 else ""),
+            file=sys.stderr,
+        )
+    # Calibration networks are spread among the components, so that both meet the same load.
+    jobs: list[_Component | ArchConfig] = list(components)
+    for j, arch in reversed(list(enumerate(archs))):
+        jobs.insert(round((j + 0.5) * len(components) / len(archs)), arch)
+
+    def measure(job: _Component | ArchConfig) -> float:
+        if isinstance(job, ArchConfig):
+            return measure_network_ms(job, device, batch_size, runs, warmup, max_seconds_per_entry, seed)
+        return _measure_component(job, device, runs, warmup, max_seconds_per_entry, seed)
+
+    results = list(zip(jobs, _interleaved(jobs, measure, passes, progress, "measuring")))
+    entries = {job.key: ms for job, ms in results if isinstance(job, _Component)}
+    networks = {job.arch_id: ms for job, ms in results if isinstance(job, ArchConfig)}
+    table = LatencyTable(
+        entries=entries, device=name, batch_size=batch_size, calibration={"scale": 1.0, "offset_ms": 0.0},
+        device_type=torch.device(device).type,
+        geometry={**{f: getattr(space, f) for f in GEOMETRY_FIELDS}, "num_stages": len(space.stages)},
+        space_name=space.name,
+    )
+    measured = [networks[a.arch_id] for a in archs]
+    sums = [table.component_sum(a) for a in archs]
+    points = [
+        {"arch": a.summary(), "component_sum_ms": total, "measured_ms": ms}
+        for a, total, ms in zip(archs, sums, measured)
+    ]
+    floor = _floor_sum(entries, components, space)
+    table.calibration = {**fit_calibration(sums, measured, floor), "floor_sum_ms": floor, "points": points}
+    table.meta = {
+        "torch": torch.__version__,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "dtype": "float32",
+        "runs": runs,
+        "warmup": warmup,
+        "passes": passes,
+        "seed": seed,
+        "build_seconds": round(time.perf_counter() - start, 1),
+    }
+    return table
+
+
+# ------------------------------------------------------------------------------------------------ command
+def cmd_build_lut(args: argparse.Namespace) -> int:
+    """``mixnas latency build-lut``: build a table for a space and write it as JSON; returns the exit status."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise LUTError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    space = SearchSpace.from_yaml(args.space)
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    table = build_latency_table(
+        space, device=args.device, batch_size=args.batch_size, runs=args.runs,
+        warmup=getattr(args, "warmup", DEFAULT_WARMUP), calibration_archs=getattr(args, "calibration_archs", 8),
+        seed=args.seed, progress=not args.quiet, max_seconds_per_entry=getattr(args, "max_seconds", None),
+        passes=getattr(args, "passes", 1),
+    )
+    table.save(args.out)
+    cal = table.calibration
+    print(
+        f"wrote {args.out}: {len(table.entries)} components on {table.device}, batch {table.batch_size}; "
+        f"calibration: {cal['scale']:.3f} x sum {cal['offset_ms']:+.3f} ms ({cal['fit']}, "
+        f"{cal['mape_pct']:.1f}% error on {len(cal['points'])} networks); built in {table.meta['build_seconds']} s"
+    )
+    if cal["mape_pct"] > CALIBRATION_WARN_PCT:
+        print(
+            f"warning: the calibration networks lie {cal['mape_pct']:.0f}% from the calibrated component sums; "
+            f"the device was probably busy: rebuild with --passes 3"
+            + (" --threads 1" if table.device_type == "cpu" else "") + " when it is quieter",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def add_lut_parser(subparsers: Any) -> None:
+    """Add ``latency build-lut`` to the ``mixnas`` command's subparsers.
+
+    Args:
+        subparsers: the object ``ArgumentParser.add_subparsers()`` returned.
+    """
+    from mixnas.cli import positive_float, positive_int
+
+    actions = subparsers.add_parser("latency", help="latency lookup tables").add_subparsers(
+        dest="latency_command", required=True, metavar="ACTION"
+    )
+    p = actions.add_parser(
+        "build-lut", help="measure every block choice of a space on a device, for latency prediction elsewhere"
+    )
+    p.add_argument("--space", required=True, type=Path, help="search space YAML")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where latency is measured")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    p.add_argument("--out", required=True, type=Path, help="the table (JSON) to write")
+    p.add_argument("--runs", type=positive_int, default=DEFAULT_RUNS, help="timed runs per component (median)")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed runs before them")
+    p.add_argument("--calibration-archs", type=positive_int, default=8,
+                   help="random networks measured whole to calibrate (besides the largest and smallest)")
+    p.add_argument("--max-seconds", type=positive_float, default=None,
+                   help="cap on the timed runs of one component (s); at least 5 runs")
+    p.add_argument("--passes", type=positive_int, default=1,
+                   help="measure everything this many times in alternating order, keep the median (3 on a busy CPU)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's own); the table holds for this count")
+    p.add_argument("--seed", type=int, default=0, help="seeds the calibration networks and initialisation")
+    p.add_argument("--quiet", action="store_true", help="no component count or progress bar")
+    p.set_defaults(func=cmd_build_lut)
+
+
+__all__ = [
+    "LUTError", "LatencyTable", "add_lut_parser", "arch_components", "build_latency_table", "cmd_build_lut",
+    "fit_calibration", "measure_network_ms", "space_components",
+]

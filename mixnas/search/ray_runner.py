@@ -1,0 +1,519 @@
+"""The Ray Tune search backend: the Optuna runner's sampler, objectives and constraints, with the
+trials spread over the workers of a Ray instance.
+
+``run_ray_search`` gives Ray Tune an ``OptunaSearch`` searcher built from the same Optuna sampler as the
+Optuna runner (``make_sampler``) and a define-by-run space (``SearchSpace.suggest``). Every trial runs
+``evaluate_candidate`` in a Ray worker process. Tune reuses a trial's actor for the next trial
+(``reuse_actors=True``), and the worker keeps one ``CandidateEvaluator`` per run directory and
+settings, so each worker process loads the supernet once, not once per trial. A candidate that fails
+(an exception, a NaN objective, out of memory) reports a failure marker and its reason: the searcher
+tells Optuna the trial failed, the trial table records the reason, and the search goes on. Limits are
+Optuna constraints, as in the Optuna runner: the worker reports each limit's violation and, before the
+searcher tells Optuna a trial's values, it sets them on the Optuna trial (``Trial.set_constraint``, and
+the ``constraints`` user attribute), where the samplers read them.
+
+Storage and resuming: the experiment lives in ``RUN_DIR/search/ray`` (keep the run directory on
+shared storage for a multi-node cluster; the evaluators' result cache sits beside it in
+``RUN_DIR/search/cache``). Running the command again restores the experiment with ``Tuner.restore``:
+finished trials are kept, trials that were running when the driver stopped (or whose worker died) run
+again under the same number, and new trials are created until ``trials`` trials exist in all, so
+asking for more trials continues a finished search and asking for as many evaluates nothing new.
+
+Ray quirk (2.60): ``Tuner.restore`` brings back the first run's ``TuneConfig``, ``num_samples`` and the
+search algorithm included; only ``param_space`` can be given again. The current run's trial budget,
+concurrency and progress flag therefore travel in ``param_space`` under ``RUN_KEY``; Tune hands that to
+``SearchAlgorithm.set_search_properties`` on every start, and ``TrialBudget`` applies it after the
+saved state is restored. Trials created by an earlier run keep the resources they were created with.
+
+Networking: without an address, a local Ray instance starts with every server bound to 127.0.0.1
+(Ray binds its servers to all interfaces unless the node address is the loopback one, and resolves
+127.0.0.1 to the machine's address unless it runs in its single-machine mode, which is switched on
+while the instance starts); the dashboard is off and usage statistics are not sent. With an address
+(``auto``, ``HOST:PORT``, ``ray://HOST:PORT``) it joins that cluster, whose nodes need mixnas installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import ray
+from ray import tune
+from ray.tune.search import Searcher, SearchGenerator
+from ray.tune.search.concurrency_limiter import ConcurrencyLimiter
+from ray.tune.search.optuna import OptunaSearch
+from tqdm.auto import tqdm
+
+from mixnas.atomic import atomic_write_text
+from mixnas.results.pareto import OBJECTIVES, objective_column
+from mixnas.results.store import TRIAL_COLUMNS, save_trials
+from mixnas.search.evaluator import SEARCH_DIR, CandidateEvaluator, EvalSettings
+from mixnas.search.optuna_runner import SearchSettings, check_settings, make_sampler, reference_rows
+from mixnas.search.trials import Limits, failure_reason, objective_values, trial_record
+from mixnas.search_space import ArchConfig, ConfigError, SearchSpace
+from mixnas.supernet.checkpoint import CheckpointError
+from mixnas.supernet.training import WEIGHTS_FILE, read_space
+
+EXPERIMENT_NAME = "ray"
+SETTINGS_FILE = "mixnas_search.json"
+RUN_KEY = "mixnas_run"
+FAILED = "failed"
+CONSTRAINT_PREFIX = "constraint."  # one result key per limit: "constraint.max_gflops" (flat, as Tune keeps it)
+LOOPBACK = "127.0.0.1"
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how wide the Ray Tune search runs.
+
+    Args:
+        address: a Ray cluster to join (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); None starts a
+            local instance bound to 127.0.0.1 (or uses the one this process already started).
+        cpus_per_trial: CPUs Ray reserves for each trial.
+        gpus_per_trial: GPUs Ray reserves for each trial (fractions share a GPU).
+        max_concurrent: trials evaluated at once.
+    """
+
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 2
+
+    def __post_init__(self) -> None:
+        if not self.cpus_per_trial >= 0:
+            raise ConfigError(f"--cpus-per-trial: {self.cpus_per_trial:g} must be >= 0")
+        if not self.gpus_per_trial >= 0:
+            raise ConfigError(f"--gpus-per-trial: {self.gpus_per_trial:g} must be >= 0")
+        if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:
+            raise ConfigError("--cpus-per-trial: 0 with --gpus-per-trial 0; a trial must reserve a CPU or a GPU")
+        if self.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent: {self.max_concurrent} must be >= 1")
+
+
+# ------------------------------------------------------------------------------------------ the workers
+_EVALUATORS: dict[tuple[str, EvalSettings], CandidateEvaluator] = {}
+_SUPERNET_LOADS = 0
+
+
+def shared_evaluator(run_dir: str, settings: EvalSettings) -> CandidateEvaluator:
+    """This process's evaluator for ``run_dir`` and ``settings``: the supernet is loaded on first use only.
+
+    Args:
+        run_dir: the supernet run directory (resolved path).
+        settings: how candidates are scored.
+    """
+    global _SUPERNET_LOADS
+    key = (run_dir, settings)
+    if key not in _EVALUATORS:
+        _EVALUATORS.clear()  # another search's supernet is not needed any more; free its memory
+        _EVALUATORS[key] = CandidateEvaluator(run_dir, settings)
+        _SUPERNET_LOADS += 1
+    return _EVALUATORS[key]
+
+
+def evaluate_candidate(
+    config: dict[str, Any], run_dir: str, evaluation: EvalSettings, objectives: tuple[str, ...], limits: Limits,
+) -> None:
+    """Ray Tune function trainable: score one architecture and report it once.
+
+    The report holds the evaluator's result (accuracy %, GFLOPs as multiply-adds, params, latency in ms,
+    ...), each limit's violation (``constraint.<limit>``), ``failed``, ``failure_reason`` and
+    ``supernet_loads`` (how many times this worker process has loaded a supernet). A failing candidate
+    reports NaN objectives, ``failed=True`` and its reason instead of raising, so Tune keeps the reason
+    and goes on.
+
+    Args:
+        config: the trial's config: ``arch`` (canonical JSON) and ``number`` besides the Optuna parameters.
+        run_dir: the supernet run directory (resolved path).
+        evaluation: how candidates are scored.
+        objectives: canonical objective names, in the searcher's order.
+        limits: cost limits, reported as constraint violations (<= 0 satisfied).
+    """
+    evaluator = shared_evaluator(run_dir, evaluation)
+    arch = ArchConfig.from_dict(json.loads(config["arch"]))
+    report: dict[str, Any] = {"arch_id": arch.arch_id}
+    try:
+        result = evaluator.evaluate(arch)
+        objective_values(list(objectives), result)  # raises on a NaN objective
+    except Exception as e:  # a failing candidate is recorded and the search goes on
+        report.update({objective_column(o): math.nan for o in objectives})
+        report.update({FAILED: True, "failure_reason": failure_reason(e)})
+    else:
+        report.update(result)
+        report.update({FAILED: False, "failure_reason": ""})
+        report.update({CONSTRAINT_PREFIX + k: v for k, v in limits.named_constraints(result).items()})
+    report["supernet_loads"] = _SUPERNET_LOADS
+    tune.report(report)
+
+
+# ------------------------------------------------------------------------------------------ the driver
+class ArchSpace:
+    """Define-by-run space for ``OptunaSearch``: one architecture per trial, passed on as constants.
+
+    Args:
+        space: the search space.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        arch = self.space.suggest(trial)
+        # Optuna numbers trials in the order they are asked for: the trial table's ``number``.
+        return {"arch": arch.canonical_json(), "number": trial.number}
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that gives the sampler each trial's constraints and records failed candidates.
+
+    Ray's ``OptunaSearch`` tells Optuna itself; before it does, this sets the reported violations
+    (``constraint.<limit>`` keys) on the Optuna trial with ``Trial.set_constraint`` and as the
+    ``constraints`` user attribute, as the Optuna runner's ``tell_constraints`` does, so the samplers
+    rank infeasible trials behind feasible ones. A result marked ``failed`` is told as a failed trial
+    (with its ``failure_reason`` attribute), never as values.
+    """
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or not result:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        if result.get(FAILED):
+            ot_trial.set_user_attr("failure_reason", result.get("failure_reason", ""))
+            super().on_trial_complete(trial_id, result=None, error=True)
+            return
+        named = {k[len(CONSTRAINT_PREFIX):]: float(v) for k, v in result.items() if k.startswith(CONSTRAINT_PREFIX)}
+        for key, value in named.items():
+            ot_trial.set_constraint(key, value)
+        ot_trial.set_user_attr("constraints", list(named.values()))
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+class TrialBudget(SearchGenerator):
+    """Tune's search generator with a trial budget, concurrency and progress bar that a restore can change.
+
+    Args:
+        searcher: the searcher (a ``ConcurrencyLimiter`` around ``ConstrainedOptunaSearch``).
+        trials: trials to create in all (restored ones included).
+        progress: show a progress bar of finished trials.
+    """
+
+    def __init__(self, searcher: Searcher, trials: int, progress: bool) -> None:
+        super().__init__(searcher)
+        self.trials = trials
+        self.progress = progress
+        self.max_concurrent: int | None = None
+        self._done: set[str] = set()
+        self._bar: tqdm | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_bar"] = None
+        return state
+
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        run = (config or {}).get(RUN_KEY)
+        if run:
+            self.trials, self.progress = int(run["trials"]), bool(run["progress"])
+            self.max_concurrent = int(run["max_concurrent"])
+        rest = {k: v for k, v in (config or {}).items() if k != RUN_KEY}
+        return super().set_search_properties(metric, mode, rest, **spec)
+
+    def add_configurations(self, experiments: Any) -> None:
+        super().add_configurations(experiments)
+        self._total_samples = self.trials
+        self._apply_concurrency()
+        self._update_bar()
+
+    def get_state(self) -> dict:
+        return {**super().get_state(), "done": sorted(self._done)}
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        self._done = set(state.get("done", []))
+        # The saved state holds the first run's budget: this run's decides whether more trials are created.
+        self._total_samples = self.trials
+        self._finished = False
+        self._apply_concurrency()
+        self._update_bar()
+
+    def create_trial_if_possible(self, experiment_spec: dict) -> Any:
+        # RUN_KEY is for the generator, not a trial's config.
+        spec = {**experiment_spec, "config": {k: v for k, v in experiment_spec.get("config", {}).items()
+                                              if k != RUN_KEY}}
+        return super().create_trial_if_possible(spec)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        super().on_trial_complete(trial_id, result=result, error=error)
+        self._done.add(trial_id)
+        last = "failed"
+        if result and not result.get(FAILED) and math.isfinite(float(result.get("accuracy", math.nan))):
+            last = f"{float(result['accuracy']):.1f}%"
+        self._update_bar(last)
+
+    def _apply_concurrency(self) -> None:
+        if self.max_concurrent is not None and isinstance(self.searcher, ConcurrencyLimiter):
+            self.searcher.set_max_concurrency(self.max_concurrent)
+
+    def _update_bar(self, last: str | None = None) -> None:
+        if not self.progress:
+            return
+        done = min(len(self._done), self.trials)
+        if self._bar is None:
+            self._bar = tqdm(total=self.trials, initial=done, desc="search (ray)", unit="trial", dynamic_ncols=True)
+        elif done > self._bar.n:
+            self._bar.update(done - self._bar.n)
+        if last is not None:
+            self._bar.set_postfix(last=last)
+        if done >= self.trials:
+            self._bar.close()
+            self._bar = None
+            self.progress = False  # one bar per run
+
+
+def trial_dirname(trial: Any) -> str:
+    """A trial's directory under the experiment: its number and Tune's trial id.
+
+    Args:
+        trial: Tune's trial (its config holds ``number``).
+    """
+    return f"trial_{int(trial.config.get('number', -1)):05d}_{trial.trial_id}"
+
+
+@contextlib.contextmanager
+def _single_machine_mode() -> Iterator[None]:
+    """Let Ray take 127.0.0.1 as the node address (it otherwise swaps in the machine's address)."""
+    import ray._private.ray_constants as ray_constants
+
+    saved_env, saved_flag = os.environ.get(_SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_ENV] = "0"  # for Ray's child processes
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
+
+
+@contextlib.contextmanager
+def _quiet_tune() -> Iterator[None]:
+    """Tune's default output engine prints an experiment table and paths even at ``verbose=0``; the
+    legacy engine prints nothing at 0 (progress is this module's bar)."""
+    saved = os.environ.get("RAY_AIR_NEW_OUTPUT")
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = saved
+
+
+def local_cpus() -> int:
+    """CPUs this process may use (its affinity where the platform tells it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def start_ray(settings: RaySettings) -> bool:
+    """Join the cluster at ``settings.address`` or start a local instance; True when this call started one.
+
+    A Ray instance this process already started (``ray.init`` before) is used as it is.
+
+    Args:
+        settings: the address and the resources each trial asks for.
+
+    Raises:
+        ConfigError: a local instance cannot give a trial the CPUs or GPUs it asks for.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():
+        return False
+    if settings.address is not None:
+        ray.init(address=settings.address, logging_level=logging.WARNING)
+        return True
+    cpus = local_cpus()
+    if settings.cpus_per_trial > cpus:
+        raise ConfigError(f"--cpus-per-trial: {settings.cpus_per_trial:g} CPUs asked, this machine has {cpus}")
+    with _single_machine_mode():
+        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK, logging_level=logging.WARNING)
+    if ray.util.get_node_ip_address() != LOOPBACK:
+        ray.shutdown()
+        raise RuntimeError(f"Ray did not take {LOOPBACK} as the node address; refusing to listen on other interfaces")
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    if settings.gpus_per_trial > gpus:
+        ray.shutdown()
+        raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial:g} GPUs asked, this machine has {gpus:g}")
+    return True
+
+
+def make_trainable(
+    run_dir: Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
+) -> Any:
+    """``evaluate_candidate`` with its arguments bound and the resources each trial reserves.
+
+    Args:
+        run_dir: the supernet run directory (resolved path).
+        settings: the objectives and limits the workers report.
+        evaluation: how the workers score candidates.
+        ray_settings: CPUs and GPUs per trial.
+    """
+    bound = tune.with_parameters(
+        evaluate_candidate, run_dir=str(run_dir), evaluation=evaluation, objectives=tuple(settings.objectives),
+        limits=settings.limits,
+    )
+    return tune.with_resources(bound, {"cpu": ray_settings.cpus_per_trial, "gpu": ray_settings.gpus_per_trial})
+
+
+def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RaySettings, progress: bool) -> TrialBudget:
+    """The search algorithm: the Optuna runner's sampler behind Tune's searcher, concurrency and budget.
+
+    Args:
+        space: the search space.
+        settings: objectives (and their directions), sampler, seed and total trials.
+        ray_settings: trials evaluated at once.
+        progress: show a progress bar.
+    """
+    objectives = list(settings.objectives)
+    searcher = ConstrainedOptunaSearch(
+        space=ArchSpace(space),
+        metric=[objective_column(o) for o in objectives],
+        mode=[OBJECTIVES[o] for o in objectives],
+        sampler=make_sampler(settings.sampler, settings.trials, settings.seed),
+    )
+    limited = ConcurrencyLimiter(searcher, max_concurrent=ray_settings.max_concurrent)
+    return TrialBudget(limited, settings.trials, progress)
+
+
+def check_experiment(experiment: Path, settings: SearchSettings) -> None:
+    """Refuse to restore an experiment that optimised other objectives (its trials would not compare).
+
+    Args:
+        experiment: the experiment directory (``RUN_DIR/search/ray``).
+        settings: this run's objectives.
+
+    Raises:
+        ConfigError: the experiment optimised other objectives.
+    """
+    path = experiment / SETTINGS_FILE
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text()).get("objectives")
+    if stored is not None and list(stored) != list(settings.objectives):
+        raise ConfigError(
+            f"{experiment}: this search optimised {','.join(stored)}; --objectives {','.join(settings.objectives)} "
+            f"would mix incompatible trials (use another run directory or the same objectives)"
+        )
+
+
+def results_table(results: Any, limits: Limits) -> pd.DataFrame:
+    """The trial table (``TRIAL_COLUMNS``) of a Ray Tune ``ResultGrid``, in the order trials were created.
+
+    Args:
+        results: Tune's results (each with ``config``, ``metrics`` and ``error``).
+        limits: decide ``feasible`` for complete trials.
+    """
+    rows = []
+    for result in results:
+        config, metrics = result.config or {}, result.metrics or {}
+        arch = ArchConfig.from_dict(json.loads(config["arch"])) if "arch" in config else None
+        number = int(config.get("number", -1))
+        if result.error is not None:
+            rows.append(trial_record(number, "FAIL", arch, None, False, failure_reason(result.error), "ray"))
+        elif FAILED not in metrics:  # created but not finished (the driver stopped); a restore runs it
+            rows.append(trial_record(number, "RUNNING", arch, None, False, "", "ray"))
+        elif metrics[FAILED]:
+            rows.append(trial_record(number, "FAIL", arch, None, False, metrics.get("failure_reason", ""), "ray"))
+        else:
+            rows.append(trial_record(number, "COMPLETE", arch, metrics, limits.feasible(metrics), "", "ray"))
+    rows.sort(key=lambda r: r["number"])
+    return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+
+
+def run_ray_search(
+    run_dir: str | Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run (or restore and continue) the search on Ray Tune until ``settings.trials`` trials exist.
+
+    Args:
+        run_dir: a supernet run directory; the experiment goes to ``RUN_DIR/search/ray`` and the trial
+            table to ``RUN_DIR/trials.parquet`` (and ``.csv``).
+        settings: objectives, sampler, limits, seed, total trials and whether to score the references.
+        evaluation: how candidates are scored (in the workers, and the references in this process).
+        ray_settings: the cluster address and the resources and concurrency of trials.
+        progress: show a progress bar.
+
+    Returns:
+        The trial table (``TRIAL_COLUMNS``): the searched trials by number, then the references.
+
+    Raises:
+        KeyboardInterrupt: the search was interrupted (Tune saved it; the trial table is written).
+        CheckpointError: ``run_dir`` holds no trained supernet.
+        ConfigError: the restored experiment optimised other objectives or scored candidates with other
+            settings, or a local Ray instance cannot give a trial the resources it asks for.
+    """
+    run_dir = Path(run_dir).resolve()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = read_space(run_dir)
+    if not (run_dir / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{run_dir / WEIGHTS_FILE}: missing; train the supernet first (mixnas supernet train)")
+    storage = run_dir / SEARCH_DIR
+    experiment = storage / EXPERIMENT_NAME
+    check_experiment(experiment, settings)
+    check_settings(run_dir, evaluation)  # as the Optuna runner: a search scores all its candidates alike
+
+    started = start_ray(ray_settings)
+    try:
+        trainable = make_trainable(run_dir, settings, evaluation, ray_settings)
+        run = {RUN_KEY: {"trials": settings.trials, "progress": progress,
+                         "max_concurrent": ray_settings.max_concurrent}}
+        if tune.Tuner.can_restore(str(experiment)):
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True, param_space=run)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=run,
+                tune_config=tune.TuneConfig(
+                    search_alg=make_search(space, settings, ray_settings, progress), num_samples=settings.trials,
+                    reuse_actors=True, trial_dirname_creator=trial_dirname,
+                ),
+                run_config=tune.RunConfig(
+                    name=EXPERIMENT_NAME, storage_path=str(storage), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            )
+            atomic_write_text(experiment / SETTINGS_FILE, json.dumps({"objectives": list(settings.objectives)}))
+        with _quiet_tune():
+            results = tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()
+
+    table = results_table(results, settings.limits)
+    save_trials(table, run_dir)
+    if (table["state"] == "RUNNING").any():
+        # Tune stops on the first Ctrl-C, saves the experiment and returns; stop here as the Optuna runner does.
+        raise KeyboardInterrupt("the Ray Tune search was interrupted; running it again restores it")
+    if settings.references:
+        evaluator = CandidateEvaluator(run_dir, evaluation)
+        references = reference_rows(space, evaluator, settings.limits, "ray", progress)
+        table = pd.concat([table, pd.DataFrame(references, columns=TRIAL_COLUMNS)], ignore_index=True)
+        save_trials(table, run_dir)
+    return table

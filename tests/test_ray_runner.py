@@ -1,0 +1,345 @@
+"""The Ray Tune runner.
+
+Without Ray: the searcher that hands Optuna each trial's constraints and failures, the trial budget a
+restored experiment takes from the current run, and a worker's report of a failing candidate.
+With a local Ray instance on the 2-core machine (slow, about three minutes): 8 trials whose table has the
+Optuna runner's columns, dtypes and meaning, every worker process loading the supernet once, every Ray
+server listening on 127.0.0.1 only, and running again restoring the experiment (nothing new for the same
+number of trials, two more for 10).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import math
+import os
+import shutil
+import socket
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+import ray
+import torch
+from ray import cloudpickle
+from ray.tune.search.concurrency_limiter import ConcurrencyLimiter
+
+import mixnas.search.ray_runner as ray_runner
+from mixnas import ArchConfig, SearchSpace
+from mixnas.results import load_trials
+from mixnas.results.store import TRIAL_COLUMNS
+from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
+from mixnas.search.optuna_runner import SearchSettings, make_sampler, run_optuna_search
+from mixnas.search.ray_runner import (
+    RUN_KEY,
+    ConstrainedOptunaSearch,
+    RaySettings,
+    TrialBudget,
+    evaluate_candidate,
+    make_search,
+    results_table,
+    run_ray_search,
+    start_ray,
+)
+from mixnas.search.trials import Limits
+from mixnas.search_space import ConfigError
+from mixnas.supernet.training import SPACE_FILE, WEIGHTS_FILE, TrainConfig, train_supernet
+
+TINY_SPACE: dict[str, Any] = {
+    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
+    "stages": [
+        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp"],
+         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2, 4]}}},
+        {"depth": [1], "dim": [32], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp"],
+         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2]}}},
+    ],
+}
+FAST = EvalSettings(latency="measure", latency_runs=3, latency_max_seconds=0.2, calib_batches=1, val_limit=64,
+                    flops_images=2)
+# Between the smallest and the largest candidate of TINY_SPACE, so both feasible and infeasible trials occur.
+LIMITS = Limits(max_gflops=0.00028)
+OBJECTIVES = ("accuracy", "gflops", "latency")
+METRICS = ["accuracy", "gflops", "latency_ms"]
+VALUE_COLUMNS = ["accuracy", "gflops", "gflops_min", "gflops_max", "params", "latency_ms", "latency_p90_ms",
+                 "latency_source", "eval_seconds", "feasible"]
+
+
+def searcher(space: SearchSpace, trials: int = 8) -> ConstrainedOptunaSearch:
+    return ConstrainedOptunaSearch(space=ray_runner.ArchSpace(space), metric=METRICS, mode=["max", "min", "min"],
+                                   sampler=make_sampler("nsga2", trials, 0))
+
+
+def result(accuracy: float, gflops: float, **extra: Any) -> dict[str, Any]:
+    """A worker's report as Tune passes it to the searcher (flat keys)."""
+    return {"accuracy": accuracy, "gflops": gflops, "latency_ms": 1.0, "failed": False, "failure_reason": "",
+            **extra}
+
+
+# ------------------------------------------------------------------------------------------ without Ray
+def test_searcher_tells_optuna_constraints_and_failures(tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    search = searcher(space)
+    configs = [search.suggest(f"t{i}") for i in range(3)]
+    assert [c["number"] for c in configs] == [0, 1, 2]
+    for c in configs:
+        arch = ArchConfig.from_dict(json.loads(c["arch"]))
+        assert space.contains(arch)
+
+    search.on_trial_complete("t0", result=result(60.0, 0.0002, **{"constraint.max_gflops": -0.00008}))
+    search.on_trial_complete("t1", result=result(70.0, 0.0003, **{"constraint.max_gflops": 0.00002}))
+    search.on_trial_complete("t2", result={"accuracy": math.nan, "gflops": math.nan, "latency_ms": math.nan,
+                                           "failed": True, "failure_reason": "out of memory: CUDA out of memory"})
+    trials = search._ot_study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.COMPLETE,
+                                         optuna.trial.TrialState.FAIL]
+    assert trials[0].values == [60.0, 0.0002, 1.0]
+    # What the samplers read (Trial.set_constraint) and what the Optuna runner records besides.
+    assert trials[0].constraints == {"max_gflops": pytest.approx(-0.00008)}
+    assert trials[1].constraints == {"max_gflops": pytest.approx(0.00002)}
+    assert trials[1].user_attrs["constraints"] == [pytest.approx(0.00002)]
+    assert trials[2].user_attrs["failure_reason"] == "out of memory: CUDA out of memory"
+    # The feasible trial is the front, though the infeasible one is more accurate.
+    assert [t.number for t in search._ot_study.best_trials] == [0]
+
+    # Tune saves the searcher with plain pickle: the define-by-run space must survive it.
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher(space)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t3")["number"] == 3
+    # The whole search algorithm goes into the experiment's tuner.pkl (cloudpickle).
+    cloudpickle.dumps(make_search(space, SearchSettings(trials=8), RaySettings(), progress=False))
+
+
+def test_trial_budget_comes_from_the_current_run() -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    budget = TrialBudget(ConcurrencyLimiter(searcher(space), max_concurrent=2), trials=8, progress=False)
+    saved = {"counter": 8, "total_samples": 8, "finished": False, "experiment": None, "done": ["a", "b"]}
+    # A restore: Tune hands over the re-specified param_space, then the saved state.
+    assert not budget.set_search_properties(None, None, {RUN_KEY: {"trials": 10, "progress": False,
+                                                                    "max_concurrent": 1}})
+    budget.set_state(dict(saved))
+    assert budget.total_samples == 10 and not budget.is_finished()
+    assert budget.searcher.max_concurrent == 1
+    assert budget.get_state()["done"] == ["a", "b"]
+    budget.set_search_properties(None, None, {RUN_KEY: {"trials": 8, "progress": False, "max_concurrent": 2}})
+    budget.set_state(dict(saved))
+    assert budget.is_finished()
+
+
+def test_a_failing_candidate_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    good, bad = space.largest(), space.smallest()
+    ok = {"accuracy": 40.0, "params": 1000, "gflops": 0.0003, "gflops_min": 0.0003, "gflops_max": 0.0003,
+          "latency_ms": 2.0, "latency_p90_ms": 3.0, "latency_source": "fake", "eval_seconds": 0.1}
+
+    class Evaluator:
+        def evaluate(self, arch: ArchConfig) -> dict[str, Any]:
+            if arch.arch_id == bad.arch_id:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return dict(ok, cached=False)
+
+    reports: list[dict[str, Any]] = []
+    monkeypatch.setitem(ray_runner._EVALUATORS, ("run", FAST), Evaluator())
+    monkeypatch.setattr(ray_runner.tune, "report", reports.append)
+    for arch in (good, bad):
+        evaluate_candidate({"arch": arch.canonical_json(), "number": 0}, "run", FAST, OBJECTIVES, LIMITS)
+    assert not reports[0]["failed"] and reports[0]["constraint.max_gflops"] == pytest.approx(0.00002)
+    assert reports[1]["failed"] and reports[1]["failure_reason"].startswith("out of memory")
+    assert math.isnan(reports[1]["accuracy"])
+
+    grid = [SimpleNamespace(config={"arch": a.canonical_json(), "number": n}, metrics=r, error=None)
+            for n, (a, r) in enumerate(zip((good, bad), reports))]
+    grid.append(SimpleNamespace(config={"arch": good.canonical_json(), "number": 2}, metrics={},
+                                error=RuntimeError("The actor died unexpectedly")))
+    grid.append(SimpleNamespace(config={"arch": good.canonical_json(), "number": 3}, metrics={}, error=None))
+    table = results_table(grid[::-1], LIMITS)
+    assert list(table.columns) == TRIAL_COLUMNS and list(table["number"]) == [0, 1, 2, 3]
+    assert list(table["state"]) == ["COMPLETE", "FAIL", "FAIL", "RUNNING"]
+    assert not table["feasible"].any()  # 0.0003 GFLOPs > 0.00028
+    assert table["failure_reason"][1].startswith("out of memory")
+    assert table["failure_reason"][2] == "RuntimeError: The actor died unexpectedly"
+    assert table["accuracy"][0] == 40.0 and table["accuracy"][1:].isna().all()
+
+
+def test_ray_settings_are_checked() -> None:
+    with pytest.raises(ConfigError, match="--max-concurrent"):
+        RaySettings(max_concurrent=0)
+    with pytest.raises(ConfigError, match="--cpus-per-trial"):
+        RaySettings(cpus_per_trial=0)
+    RaySettings(cpus_per_trial=0, gpus_per_trial=0.5)
+
+
+def test_restoring_a_search_for_other_objectives_is_refused(tmp_path: Path) -> None:
+    SearchSpace.from_dict(TINY_SPACE).to_yaml(tmp_path / SPACE_FILE)
+    (tmp_path / WEIGHTS_FILE).touch()
+    experiment = tmp_path / "search" / ray_runner.EXPERIMENT_NAME
+    experiment.mkdir(parents=True)
+    (experiment / ray_runner.SETTINGS_FILE).write_text(json.dumps({"objectives": ["accuracy", "params"]}))
+    with pytest.raises(ConfigError, match="optimised accuracy,params"):
+        run_ray_search(tmp_path, SearchSettings(trials=2, objectives=OBJECTIVES), FAST, RaySettings())
+    assert not ray.is_initialized()
+
+
+# ------------------------------------------------------------------------------------------ with Ray
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("run")
+    train_supernet(SearchSpace.from_dict(TINY_SPACE), run,
+                   TrainConfig(epochs=1, steps_per_epoch=2, batch_size=16, calib_batches=1), device="cpu",
+                   progress=False)
+    return run
+
+
+def trial_reports(run: Path) -> list[dict[str, Any]]:
+    """Each Ray trial's report, as Tune logged it in the experiment directory."""
+    return [json.loads((d / "result.json").read_text().splitlines()[-1])
+            for d in sorted((run / "search" / "ray").glob("trial_*"))]
+
+
+def _proc_net_listeners() -> dict[int, str]:
+    """Listening TCP sockets of this machine: inode -> local address."""
+    out = {}
+    for name, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        lines = Path(f"/proc/net/{name}").read_text().splitlines()[1:]
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            raw = bytes.fromhex(fields[1].split(":")[0])
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            out[int(fields[9])] = socket.inet_ntop(family, raw)
+    return out
+
+
+def listening_addresses_of_children() -> set[str]:
+    """Addresses on which processes started by this one (Ray's servers and workers) listen."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(pid)
+    todo, family = [os.getpid()], set()
+    while todo:
+        pid = todo.pop()
+        family.add(pid)
+        todo.extend(children.get(pid, []))
+    inodes = set()
+    for pid in family - {os.getpid()}:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(int(target[8:-1]))
+    return {addr for inode, addr in _proc_net_listeners().items() if inode in inodes}
+
+
+def is_loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def check_same_meaning(ray_table: pd.DataFrame, optuna_table: pd.DataFrame, space: SearchSpace) -> None:
+    """Columns, dtypes, value ranges and per-architecture values of the two runners' tables agree."""
+    assert list(ray_table.columns) == list(optuna_table.columns) == TRIAL_COLUMNS
+    assert ray_table.dtypes.to_dict() == optuna_table.dtypes.to_dict()
+    assert set(ray_table["backend"]) == {"ray"} and set(optuna_table["backend"]) == {"optuna"}
+    for table in (ray_table, optuna_table):
+        searched = table[~table["is_reference"]]
+        assert list(searched["number"]) == list(range(len(searched)))
+        assert (searched["state"] == "COMPLETE").all() and (searched["failure_reason"] == "").all()
+        assert searched["accuracy"].between(0, 100).all()
+        assert (searched["gflops"] > 0).all() and (searched["params"] > 0).all()
+        assert ((searched["gflops_min"] <= searched["gflops"]) & (searched["gflops"] <= searched["gflops_max"])).all()
+        assert (searched["latency_ms"] > 0).all()
+        assert searched["latency_source"].str.startswith("measured: cpu").all()
+        assert (searched["feasible"] == (searched["gflops"] <= LIMITS.max_gflops)).all()
+        assert (searched["label"] == "").all()
+        for arch_json, arch_id, summary in zip(searched["arch"], searched["arch_id"], searched["summary"]):
+            arch = ArchConfig.from_dict(json.loads(arch_json))
+            assert space.contains(arch) and arch.arch_id == arch_id and arch.summary() == summary
+        refs = table[table["is_reference"]]
+        assert sorted(refs["label"]) == ["all dwconv", "all window_attn"] and (refs["number"] < 0).all()
+    # The same architecture, scored by the same evaluator settings, reads the same in both tables.
+    by_arch = optuna_table.drop_duplicates("arch_id").set_index("arch_id")
+    shared = [a for a in ray_table["arch_id"] if a in by_arch.index]
+    assert shared, "the two searches share no architecture (the references at least)"
+    for _, row in ray_table[ray_table["arch_id"].isin(shared)].iterrows():
+        other = by_arch.loc[row["arch_id"]]
+        assert all(row[c] == other[c] for c in VALUE_COLUMNS), row["arch_id"]
+
+
+@pytest.mark.slow
+def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_path: Path) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    run = tmp_path / "ray"
+    shutil.copytree(trained, run)
+    settings = SearchSettings(trials=8, objectives=OBJECTIVES, limits=LIMITS, seed=0)
+    local = RaySettings(max_concurrent=2)
+
+    table = run_ray_search(run, settings, FAST, local, progress=False)
+    assert not ray.is_initialized()  # the instance it started is shut down
+    searched = table[~table["is_reference"]]
+    assert len(searched) == 8 and list(searched["number"]) == list(range(8))
+    assert searched["feasible"].any() and not searched["feasible"].all()
+    disk = load_trials(run)
+    assert list(disk["arch_id"]) == list(table["arch_id"]) and list(disk["number"]) == list(table["number"])
+
+    # Tune reused the trial actors: each worker process loaded the supernet once, for all its trials.
+    reports = trial_reports(run)
+    assert len(reports) == 8 and all(r["supernet_loads"] == 1 for r in reports)
+    assert len({r["pid"] for r in reports}) <= local.max_concurrent
+
+    # The Optuna runner on a copy of the run (its evaluator cache included) writes the same kind of table.
+    other = tmp_path / "optuna"
+    shutil.copytree(trained, other)
+    shutil.copytree(run / "search" / "cache", other / "search" / "cache")
+    optuna_table = run_optuna_search(other, replace(settings, trials=3), CandidateEvaluator(other, FAST),
+                                     progress=False)
+    check_same_meaning(table, optuna_table, space)
+    check_same_meaning(load_trials(run), load_trials(other), space)
+
+    # A Ray instance of this process is used as it is; every Ray server listens on 127.0.0.1 only.
+    assert start_ray(local)
+    try:
+        if Path("/proc/net/tcp").is_file():  # Linux: read which addresses Ray's processes listen on
+            listening = listening_addresses_of_children()
+            assert listening and all(is_loopback(a) for a in listening), listening
+        trial_dirs = sorted(p.name for p in (run / "search" / "ray").glob("trial_*"))
+
+        # The same command again restores the experiment and evaluates nothing new.
+        again = run_ray_search(run, settings, FAST, local, progress=False)
+        assert ray.is_initialized()
+        assert sorted(p.name for p in (run / "search" / "ray").glob("trial_*")) == trial_dirs
+        pd.testing.assert_frame_equal(again, table)
+
+        # Asking for more trials continues the restored experiment up to the new total.
+        more = run_ray_search(run, replace(settings, trials=10), FAST, local, progress=False)
+
+        # A failing candidate (here a NaN objective: latency is not measured) is a failed trial with its
+        # reason, and the search goes on.
+        broken = tmp_path / "broken"
+        shutil.copytree(trained, broken)
+        failing = run_ray_search(broken, replace(settings, trials=3, references=False),
+                                 replace(FAST, latency="none"), local, progress=False)
+    finally:
+        ray.shutdown()
+    searched_more = more[~more["is_reference"]]
+    assert list(searched_more["number"]) == list(range(10))
+    pd.testing.assert_frame_equal(searched_more.iloc[:8], searched, check_index_type=False)
+    assert len(list((run / "search" / "ray").glob("trial_*"))) == 10
+    assert len(load_trials(run)) == len(more)
+    assert list(failing["state"]) == ["FAIL"] * 3 and list(failing["number"]) == [0, 1, 2]
+    assert (failing["failure_reason"] == "FloatingPointError: objective latency is nan").all()
+    assert failing["accuracy"].isna().all() and not failing["feasible"].any()

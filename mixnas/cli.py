@@ -178,8 +178,8 @@ def add_search_parser(sub) -> None:
     p.add_argument("--train-epochs", type=int, default=0, help="fine-tune each candidate this many epochs first")
     p.add_argument("--finetune-steps", type=int, default=0, help="cap on fine-tuning steps per epoch (0: all)")
     p.add_argument("--val-limit", type=int, default=0, help="score on at most this many validation images")
-    p.add_argument("--flops-images", type=positive_int, default=8,
-                   help="images whose FLOPs are averaged for input-dependent (DGE) candidates")
+    p.add_argument("--flops-images", type=int, default=0,
+                   help="validation images whose FLOPs are averaged for DGE candidates (0: all scored ones)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where candidates are scored")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     p.add_argument("--no-references", action="store_true", help="skip the hand-designed reference architectures")

@@ -50,7 +50,7 @@ class Preset:
     latency_runs: int = 20
     latency_max_seconds: float = 1.0
     val_limit: int = 0
-    flops_images: int = 8
+    flops_images: int = 0
     device: str = "auto"
     cost: str = ""
 
@@ -61,7 +61,7 @@ class Preset:
 
 PRESETS = {
     "demo": Preset("demo", "demo.yaml", "digits", epochs=5, batch_size=64, lr=2e-3, steps_per_epoch=0, trials=40,
-                   latency_runs=10, latency_max_seconds=0.5, flops_images=4, device="cpu",
+                   latency_runs=10, latency_max_seconds=0.5, device="cpu",
                    cost="about 6-9 minutes on a 2-core CPU"),
     "cifar": Preset("cifar", "cifar.yaml", None, epochs=100, batch_size=128, lr=2e-3, steps_per_epoch=0,
                     trials=300, cost="a few hours on one GPU (supernet about 2-3 h, search about 1 h)"),

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,28 +46,49 @@ def is_input_dependent(arch: ArchConfig) -> bool:
     return any(s.mixer.type == "dge" for s in arch.stages)
 
 
-def model_gflops(model: nn.Module, arch: ArchConfig, images: torch.Tensor | None = None) -> tuple[float, float, float]:
-    """(mean, min, max) GFLOPs at batch 1; over ``images`` (or 8 random ones) when input-dependent."""
+def model_gflops(
+    model: nn.Module, arch: ArchConfig, images: torch.Tensor | Iterable | None = None
+) -> tuple[float, float, float]:
+    """(mean, min, max) GFLOPs at batch 1; over ``images`` (a tensor or a loader; default 8 random
+    images) when the cost is input-dependent (DGE)."""
     if not is_input_dependent(arch):
-        x = torch.randn(1, arch.in_chans, arch.input_size, arch.input_size) if images is None else images[:1]
+        x = torch.randn(1, arch.in_chans, arch.input_size, arch.input_size)
         g = count_flops(model, x.to(next(model.parameters()).device)) / 1e9
         return g, g, g
     if images is None:
         images = torch.randn(8, arch.in_chans, arch.input_size, arch.input_size)
-    per_image = dge_flops_per_image(model, arch, images.to(next(model.parameters()).device))
+    per_image = dge_flops_per_image(model, arch, images)
     return sum(per_image) / len(per_image) / 1e9, min(per_image) / 1e9, max(per_image) / 1e9
 
 
+def _batches(images: torch.Tensor | Iterable, batch_size: int) -> Iterator[torch.Tensor]:
+    """Image batches from a tensor (B, C, H, W) or an iterable of tensors or (images, labels) pairs."""
+    if isinstance(images, torch.Tensor):
+        for start in range(0, images.shape[0], batch_size):
+            yield images[start : start + batch_size]
+        return
+    for batch in images:
+        yield batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 @torch.no_grad()
-def dge_flops_per_image(model: nn.Module, arch: ArchConfig, images: torch.Tensor) -> list[int]:
+def dge_flops_per_image(
+    model: nn.Module, arch: ArchConfig, images: torch.Tensor | Iterable, batch_size: int = 128
+) -> list[int]:
     """FLOPs of each image for a model with DGE blocks, tracing as few images as possible.
 
     A DGE block's FLOPs are affine in the number of queries it computes (every per-query cost, the
     projections, attention rows, norms and FFN, is linear in it; the router and the keys and values are
     fixed), and the rest of the network does not depend on the image. So fvcore's per-module counts of
-    two traces with different query counts give each block's line, and any other image only needs a
-    forward pass to read its query counts. An image is traced whenever a block's count cannot be placed
-    on a known line; the result equals tracing every image (``flops_summary``), which the tests check.
+    two traces with different query counts give each block's line, and any other image only needs its
+    query counts, read from batched forward passes. An image is traced whenever a block's count cannot be
+    placed on a known line; the result equals tracing every image (``flops_summary``), which the tests check.
+
+    Args:
+        model: the network of ``arch``.
+        arch: its architecture (which stages are DGE).
+        images: a tensor (N, C, H, W), or an iterable of batches (a DataLoader), on the model's device.
+        batch_size: forward batch size when ``images`` is a tensor.
     """
     from mixnas.search.profiler import flops_by_module
     from mixnas.supernet.dge import DynamicGrainedEncoder
@@ -77,30 +99,35 @@ def dge_flops_per_image(model: nn.Module, arch: ArchConfig, images: torch.Tensor
     assert all(isinstance(m, DynamicGrainedEncoder) for m in dge.values())
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     points: dict[str, dict[int, int]] = {name: {} for name in blocks}  # queries -> block FLOPs
     base: int | None = None
     out = []
-    for i in range(images.shape[0]):
-        x = images[i : i + 1]
-        model(x)
-        queries = {name: dge[name].num_queries for name in blocks}
-        known = all(q in points[n] or len(points[n]) >= 2 for n, q in queries.items())
-        if base is None or not known:
-            counts = flops_by_module(model, x)
-            for name in blocks:
-                points[name][queries[name]] = counts[name]
-            base = counts[""] - sum(counts[name] for name in blocks)
-            out.append(counts[""])
-            continue
-        total = base
-        for name, q in queries.items():
-            if q in points[name]:
-                total += points[name][q]
-            else:
-                (q1, f1), (q2, f2) = list(points[name].items())[:2]
-                total += round(f1 + (f2 - f1) * (q - q1) / (q2 - q1))
-        out.append(int(total))
+    for batch in _batches(images, batch_size):
+        batch = batch.to(device)
+        model(batch)
+        queries = {name: [int(q) for q in dge[name].queries_per_image] for name in blocks}
+        for i in range(batch.shape[0]):
+            q_i = {name: queries[name][i] for name in blocks}
+            known = all(q in points[n] or len(points[n]) >= 2 for n, q in q_i.items())
+            if base is None or not known:
+                counts = flops_by_module(model, batch[i : i + 1])
+                for name in blocks:
+                    points[name][q_i[name]] = counts[name]
+                base = counts[""] - sum(counts[name] for name in blocks)
+                out.append(counts[""])
+                continue
+            total = base
+            for name, q in q_i.items():
+                if q in points[name]:
+                    total += points[name][q]
+                else:
+                    (q1, f1), (q2, f2) = list(points[name].items())[:2]
+                    total += round(f1 + (f2 - f1) * (q - q1) / (q2 - q1))
+            out.append(int(total))
     model.train(was_training)
+    if not out:
+        raise ValueError("no images to count FLOPs on")
     return out
 
 

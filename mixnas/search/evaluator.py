@@ -50,7 +50,8 @@ class EvalSettings:
         latency_max_seconds: cap on the time spent timing one candidate.
         calib_batches: training batches for BatchNorm recalibration.
         val_limit: evaluate on at most this many validation images (0 = all).
-        flops_images: validation images whose FLOPs are averaged for input-dependent (DGE) models.
+        flops_images: validation images whose FLOPs are averaged for input-dependent (DGE) models
+            (0 = every scored validation image).
         train_epochs: fine-tune each candidate from its inherited weights for this many epochs first.
         finetune_lr: learning rate of that fine-tuning.
         finetune_steps: cap on fine-tuning steps per epoch (0 = a full pass over the training set).
@@ -65,7 +66,7 @@ class EvalSettings:
     latency_max_seconds: float = 2.0
     calib_batches: int = 10
     val_limit: int = 0
-    flops_images: int = 8
+    flops_images: int = 0
     train_epochs: int = 0
     finetune_lr: float = 5e-4
     finetune_steps: int = 0
@@ -107,7 +108,8 @@ class CandidateEvaluator:
             self.data.calib, self.train_config.batch_size, shuffle=True, seed=self.settings.seed
         )
         n = self.settings.flops_images
-        self.flops_images = torch.stack([self.data.val[i][0] for i in range(min(n, len(self.data.val)))])
+        flops_set = val if not n or n >= len(val) else torch.utils.data.Subset(val, range(n))
+        self.flops_loader = make_loader(flops_set, 256, shuffle=False)
         self.lut = None
         if self.settings.latency == "lut":
             from mixnas.search.latency_lut import LatencyTable
@@ -152,7 +154,7 @@ class CandidateEvaluator:
         model = self.prepare(arch)
         accuracy = evaluate_accuracy(model, self.val_loader, self.device)
         model = model.cpu().eval()
-        mean, lo, hi = model_gflops(model, arch, self.flops_images)
+        mean, lo, hi = model_gflops(model, arch, self.flops_loader)
         result: dict[str, Any] = {
             "accuracy": accuracy, "params": count_params(model), "gflops": mean, "gflops_min": lo, "gflops_max": hi,
         }

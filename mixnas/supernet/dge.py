@@ -57,6 +57,7 @@ class DynamicGrainedEncoder(nn.Module):
         self.kv_norm = ElasticLayerNorm(dim) if kv_norm else None
         self.flops_ratio: Tensor | None = None  # (B,) dynamic / static FLOPs of the last forward
         self.num_queries: int = 0  # queries computed by the last forward (all granularities when dense)
+        self.queries_per_image: Tensor | None = None  # (B,) queries per image of the last sparse forward
         self.init_router(granularities)
 
     @torch.no_grad()
@@ -185,6 +186,7 @@ class DynamicGrainedEncoder(nn.Module):
         order = torch.argsort(owner, stable=True)
         # Counted with index_add_ rather than bincount, which fvcore has no handle for (a free op either way).
         counts = torch.zeros(b, dtype=owner.dtype, device=x.device).index_add_(0, owner, torch.ones_like(owner))
+        self.queries_per_image = counts.detach()
         starts = torch.cumsum(counts, 0) - counts
         slot = torch.arange(tokens.shape[0], device=x.device) - starts[owner[order]]
         padded = tokens.new_zeros(b, int(counts.max()), c)

@@ -337,7 +337,7 @@ def train_supernet(
             bundle.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
         )
     probe = make_loader(
-        bundle.train, config.batch_size, shuffle=True, seed=config.seed, drop_last=True, sampler=sampler
+        bundle.train, config.batch_size, shuffle=sampler is None, seed=config.seed, drop_last=True, sampler=sampler
     )
     steps = len(probe) if not config.steps_per_epoch else min(len(probe), config.steps_per_epoch)
     if steps == 0:
@@ -364,7 +364,6 @@ def train_supernet(
         return history
 
     val_loader = make_loader(bundle.val, 256, shuffle=False)
-    calib_loader = make_loader(bundle.calib, config.batch_size, shuffle=True, seed=config.seed)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
     )
@@ -406,6 +405,10 @@ def train_supernet(
         if ctx.is_main:
             supernet.eval()
             for key, arch in (("val_acc_largest", space.largest()), ("val_acc_smallest", space.smallest())):
+                # Seeded by the epoch (not one loader for the whole call) so a resumed run recalibrates on the
+                # same batches as an uninterrupted one; both architectures see the same batches.
+                calib_loader = make_loader(bundle.calib, config.batch_size, shuffle=True,
+                                           seed=config.seed * 100_003 + epoch)
                 acc = subnet_accuracy(supernet, arch, calib_loader, val_loader, dev, config.calib_batches)
                 row[key] = round(acc, 3)
             history.append(row)

@@ -74,12 +74,13 @@ def pareto_records(df: pd.DataFrame, objectives: str | Sequence[str]) -> list[di
 
 
 def format_gflops(gflops: float | None, lo: float | None, hi: float | None) -> str:
-    """``0.123``, or ``0.123 (0.101-0.150)`` when the count depends on the image (DGE)."""
+    """``0.123``, or ``0.123 (0.101-0.150)`` when the count depends on the image (DGE); three
+    significant digits, so that the small models of the demo (``0.00473``) stay distinguishable."""
     if gflops is None:
         return "-"
     if lo is not None and hi is not None and not math.isclose(lo, hi, rel_tol=1e-6):
-        return f"{gflops:.3f} ({lo:.3f}-{hi:.3f})"
-    return f"{gflops:.3f}"
+        return f"{gflops:.3g} ({lo:.3g}-{hi:.3g})"
+    return f"{gflops:.3g}"
 
 
 def table_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:

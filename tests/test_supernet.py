@@ -90,3 +90,20 @@ def test_weights_are_shared_between_architectures() -> None:
     after = net.extract(big).stages[0].blocks[0].mixers["dwconv"].conv.weight
     assert not torch.equal(before[:32, :, 1:4, 1:4], after[:32, :, 1:4, 1:4])
     torch.testing.assert_close(before[32:], after[32:])  # channels the small one lacks are untouched
+
+
+def test_sandwich_rotates_the_mixer_of_its_largest_and_smallest() -> None:
+    from mixnas.supernet.training import TrainConfig, sandwich_archs
+
+    space = SearchSpace.from_yaml(SPACES / "demo.yaml")
+    rng = random.Random(0)
+    kinds = space.mixer_types()
+    seen = []
+    for step in range(len(kinds)):
+        largest, smallest, *rest = sandwich_archs(space, rng, TrainConfig(num_random=2), step)
+        assert largest == space.largest(kinds[step]) and smallest == space.smallest(kinds[step])
+        assert len(rest) == 2 and all(space.contains(a) for a in rest)
+        seen.append(largest.stages[0].mixer.type)
+    assert seen == kinds == ["window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"]
+    fixed = sandwich_archs(space, rng, TrainConfig(rotate_mixers=False), 3)
+    assert fixed[0] == space.largest() and fixed[1] == space.smallest()

@@ -68,6 +68,7 @@ class TrainConfig:
         label_smoothing: for the largest architecture's cross-entropy.
         num_random: random architectures per step besides the largest and the smallest.
         distill: smaller architectures learn from the largest's soft predictions (else from labels).
+        rotate_mixers: the sandwich's largest and smallest take each common mixer in turn, step by step.
         budget_weight: weight of DGE's budget loss.
         clip_grad: gradient-norm clip (0 disables).
         seed: seeds every random choice of the run.
@@ -85,6 +86,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     num_random: int = 2
     distill: bool = True
+    rotate_mixers: bool = True
     budget_weight: float = 1.0
     clip_grad: float = 5.0
     seed: int = 0
@@ -270,8 +272,16 @@ def prepare_run_dir(run_dir: Path, space: SearchSpace, config: TrainConfig) -> N
     atomic_write_text(run_dir / CONFIG_FILE, json.dumps(asdict(config), indent=2) + "\n")
 
 
-def _epoch_archs(space: SearchSpace, rng: random.Random, num_random: int) -> list[ArchConfig]:
-    return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(num_random)]
+def sandwich_archs(space: SearchSpace, rng: random.Random, config: TrainConfig, step: int) -> list[ArchConfig]:
+    """The step's architectures: the largest (the teacher), the smallest, and ``num_random`` samples.
+
+    With ``rotate_mixers`` the largest and smallest use, step by step in turn, each mixer offered in every
+    stage, so that every mixer is trained at its extremes and distilled from a teacher of its own kind;
+    otherwise each stage's first-listed mixer.
+    """
+    kinds = space.mixer_types() if config.rotate_mixers else []
+    mixer = kinds[step % len(kinds)] if kinds else None
+    return [space.largest(mixer), space.smallest(mixer)] + [space.sample(rng) for _ in range(config.num_random)]
 
 
 def _batches(loader: Iterable, limit: int) -> Iterator:
@@ -382,7 +392,7 @@ def train_supernet(
                    disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
         for step, (x, y) in enumerate(_batches(loader, steps)):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            archs = [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(config.num_random)]
+            archs = sandwich_archs(space, rng, config, epoch * steps + step)
             with autocast:
                 total, largest_loss = step_module(x, y, archs)
             optimizer.zero_grad(set_to_none=True)

@@ -75,7 +75,7 @@ def train_config_from_args(args: argparse.Namespace):
     return TrainConfig(
         data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        num_random=args.num_random, distill=not args.no_distill, rotate_mixers=not args.no_rotate_mixers,
+        num_random=args.num_random, distill=not args.no_distill, rotate_mixers=args.rotate_mixers,
         budget_weight=args.budget_weight,
         clip_grad=args.clip_grad, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         calib_batches=args.calib_batches, workers=args.workers,
@@ -287,8 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(p, epochs=10, batch_size=64, lr=2e-3)
     p.add_argument("--num-random", type=int, default=2, help="random architectures per step (sandwich rule)")
     p.add_argument("--no-distill", action="store_true", help="train every architecture on the labels")
-    p.add_argument("--no-rotate-mixers", action="store_true",
-                   help="the sandwich's largest and smallest always use each stage's first-listed mixer")
+    p.add_argument("--rotate-mixers", action="store_true",
+                   help="the sandwich's largest and smallest take each mixer in turn (default: the first listed)")
     p.add_argument("--budget-weight", type=float, default=1.0, help="weight of DGE's budget loss")
     p.set_defaults(func=cmd_supernet_train)
 

@@ -100,10 +100,10 @@ def test_sandwich_rotates_the_mixer_of_its_largest_and_smallest() -> None:
     kinds = space.mixer_types()
     seen = []
     for step in range(len(kinds)):
-        largest, smallest, *rest = sandwich_archs(space, rng, TrainConfig(num_random=2), step)
+        largest, smallest, *rest = sandwich_archs(space, rng, TrainConfig(num_random=2, rotate_mixers=True), step)
         assert largest == space.largest(kinds[step]) and smallest == space.smallest(kinds[step])
         assert len(rest) == 2 and all(space.contains(a) for a in rest)
         seen.append(largest.stages[0].mixer.type)
     assert seen == kinds == ["window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"]
-    fixed = sandwich_archs(space, rng, TrainConfig(rotate_mixers=False), 3)
+    fixed = sandwich_archs(space, rng, TrainConfig(), 3)
     assert fixed[0] == space.largest() and fixed[1] == space.smallest()

@@ -68,7 +68,8 @@ class TrainConfig:
         label_smoothing: for the largest architecture's cross-entropy.
         num_random: random architectures per step besides the largest and the smallest.
         distill: smaller architectures learn from the largest's soft predictions (else from labels).
-        rotate_mixers: the sandwich's largest and smallest take each common mixer in turn, step by step.
+        rotate_mixers: the sandwich's largest and smallest take each common mixer in turn, step by step
+            (off by default: on the 5-epoch demo it left the supernet at chance, see the README).
         budget_weight: weight of DGE's budget loss.
         clip_grad: gradient-norm clip (0 disables).
         seed: seeds every random choice of the run.
@@ -86,7 +87,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     num_random: int = 2
     distill: bool = True
-    rotate_mixers: bool = True
+    rotate_mixers: bool = False
     budget_weight: float = 1.0
     clip_grad: float = 5.0
     seed: int = 0

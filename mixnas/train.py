@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,13 @@ from mixnas.supernet.checkpoint import (
     save_state,
     save_weights,
 )
-from mixnas.supernet.training import _batches, _resolve_device, evaluate_accuracy
+from mixnas.supernet.training import (
+    changed_setting,
+    evaluate_accuracy,
+    limit_batches,
+    resolve_device,
+    write_metrics_csv,
+)
 
 ARCH_FILE = "arch.yaml"
 CONFIG_FILE = "train_config.json"
@@ -92,10 +96,7 @@ class StandaloneConfig:
 
     def differs_from(self, other: StandaloneConfig) -> str | None:
         """The first setting (other than epochs) that differs, or None."""
-        for f in fields(self):
-            if f.name != "epochs" and getattr(self, f.name) != getattr(other, f.name):
-                return f"{f.name}: {getattr(other, f.name)!r} in the output directory, {getattr(self, f.name)!r} now"
-        return None
+        return changed_setting(self, other, "the output directory")
 
 
 # ---------------------------------------------------------------------------------------- run files
@@ -168,12 +169,7 @@ def check_out_dir(out_dir: Path, arch: ArchConfig, config: StandaloneConfig) -> 
 
 def write_metrics(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     """Atomically (re)write ``metrics.csv``, one row per finished epoch."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
-    atomic_write_text(out_dir / METRICS_FILE, buf.getvalue())
+    write_metrics_csv(out_dir / METRICS_FILE, METRIC_COLUMNS, rows)
 
 
 # -------------------------------------------------------------------------------------- the trainer
@@ -204,7 +200,7 @@ def train_architecture(
 
     out_dir = Path(out_dir)
     arch.validate()
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     check_out_dir(out_dir, arch, config)
 
     bundle = load_dataset(config.data, arch.input_size, seed=config.seed)
@@ -266,7 +262,7 @@ def train_architecture(
         t0, seen, correct, loss_sum = time.perf_counter(), 0, 0, 0.0
         bar = tqdm(total=steps, desc=f"{label} epoch {epoch + 1}/{config.epochs}", unit="step",
                    disable=not progress, leave=False, dynamic_ncols=True)
-        for step, (x, y) in enumerate(_batches(loader, steps)):
+        for step, (x, y) in enumerate(limit_batches(loader, steps)):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with autocast:
                 logits = model(x)

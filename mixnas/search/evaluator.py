@@ -31,6 +31,7 @@ from mixnas.supernet.training import (
     read_config,
     read_space,
     recalibrate_batchnorm,
+    resolve_device,
 )
 
 SEARCH_DIR = "search"
@@ -97,7 +98,7 @@ class CandidateEvaluator:
         weights = self.run_dir / WEIGHTS_FILE
         if not weights.is_file():
             raise CheckpointError(f"{weights}: missing; train the supernet first (mixnas supernet train)")
-        self.device = _device(self.settings.device)
+        self.device = resolve_device(self.settings.device)
         self.supernet = load_weights(Supernet(self.space), weights).eval()
         self.data = load_dataset(self.train_config.data, self.space.input_size, seed=self.train_config.seed)
         val = self.data.val
@@ -248,11 +249,3 @@ def finetune(model: torch.nn.Module, data: Any, epochs: int, lr: float, batch_si
             step += 1
             scheduler.step_update(step)
     model.eval()
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: CUDA is not available on this machine; use --device cpu")
-    return torch.device(name)

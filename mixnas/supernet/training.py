@@ -97,10 +97,16 @@ class TrainConfig:
 
     def differs_from(self, other: TrainConfig) -> str | None:
         """The first setting (other than epochs) that differs, or None."""
-        for f in fields(self):
-            if f.name != "epochs" and getattr(self, f.name) != getattr(other, f.name):
-                return f"{f.name}: {getattr(other, f.name)!r} in the run directory, {getattr(self, f.name)!r} now"
-        return None
+        return changed_setting(self, other, "the run directory")
+
+
+def changed_setting(new: Any, stored: Any, where: str) -> str | None:
+    """The first field of two settings dataclasses, other than ``epochs`` (which a resumed run may raise),
+    whose values differ, as ``"lr: 0.001 in <where>, 0.002 now"``; None when they agree."""
+    for f in fields(new):
+        if f.name != "epochs" and getattr(new, f.name) != getattr(stored, f.name):
+            return f"{f.name}: {getattr(stored, f.name)!r} in {where}, {getattr(new, f.name)!r} now"
+    return None
 
 
 # --------------------------------------------------------------------------------------- distributed
@@ -225,13 +231,18 @@ def subnet_accuracy(supernet: Supernet, arch: ArchConfig, calib: Iterable, val: 
 
 
 # ---------------------------------------------------------------------------------------- run files
-def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+def write_metrics_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    """Atomically (re)write a metrics CSV, one row per finished epoch."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS)
+    writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: r.get(k, "") for k in METRIC_COLUMNS})
-    atomic_write_text(run_dir / METRICS_FILE, buf.getvalue())
+        writer.writerow({k: r.get(k, "") for k in columns})
+    atomic_write_text(path, buf.getvalue())
+
+
+def write_metrics(run_dir: Path, rows: list[dict[str, Any]]) -> None:
+    write_metrics_csv(run_dir / METRICS_FILE, METRIC_COLUMNS, rows)
 
 
 def read_space(run_dir: Path) -> SearchSpace:
@@ -285,14 +296,16 @@ def sandwich_archs(space: SearchSpace, rng: random.Random, config: TrainConfig, 
     return [space.largest(mixer), space.smallest(mixer)] + [space.sample(rng) for _ in range(config.num_random)]
 
 
-def _batches(loader: Iterable, limit: int) -> Iterator:
+def limit_batches(loader: Iterable, limit: int) -> Iterator:
+    """The loader's batches, at most ``limit`` of them (0: all)."""
     for i, batch in enumerate(loader):
         if limit and i >= limit:
             return
         yield batch
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; a clear error when CUDA is asked for but absent."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -318,7 +331,7 @@ def train_supernet(
     from mixnas.data import load_dataset, make_loader
 
     run_dir = Path(run_dir)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     ctx = init_distributed(dev)
     if dev.type == "cuda" and ctx.world_size > 1:
         dev = torch.device("cuda", ctx.local_rank)
@@ -391,7 +404,7 @@ def train_supernet(
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(total=steps, desc=f"supernet epoch {epoch + 1}/{config.epochs}", unit="step",
                    disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
-        for step, (x, y) in enumerate(_batches(loader, steps)):
+        for step, (x, y) in enumerate(limit_batches(loader, steps)):
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             archs = sandwich_archs(space, rng, config, epoch * steps + step)
             with autocast:

@@ -14,7 +14,7 @@ Every count must match exactly, and no op of a mixer may be left without a FLOP 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -39,13 +39,7 @@ LAYER_NORM = 5  # FLOPs per element, affine LayerNorm (fvcore)
 BATCH_NORM = 2  # FLOPs per element, affine BatchNorm in eval (fvcore)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tensors are tiny: on a shared machine intra-op threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 class Traced(nn.Module):

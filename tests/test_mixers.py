@@ -7,7 +7,6 @@ Architectures are small: 32x32 images, patch 4 (8x8 tokens, 4x4 after a patch me
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -51,13 +50,7 @@ CASES = [(m, "mlp") for m in MIXERS] + [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """The tensors are tiny: on a shared machine intra-op threads only add contention (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_arch(

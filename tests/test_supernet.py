@@ -14,12 +14,7 @@ from mixnas.search.profiler import count_params
 SPACES = Path(__file__).resolve().parents[1] / "configs" / "spaces"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def randomise_batchnorm(net: torch.nn.Module, seed: int) -> None:

@@ -27,9 +27,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from mixnas.search.cost import architecture_cost
     from mixnas.search_space import ArchConfig
     from mixnas.supernet import build_model
+    from mixnas.supernet.training import resolve_device
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    resolve_device(args.device)  # one clear line when CUDA is asked for but absent
     amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     archs = [ArchConfig.load(p) for p in args.arch]  # validate every file before measuring any
     rows = []

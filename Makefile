@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 references: $(STAMP)
-	$(BIN)/mixnas profile configs/reference/*.yaml --max-seconds 3
+	$(BIN)/mixnas profile mixnas/configs/reference/*.yaml --max-seconds 3
 
 lint: $(STAMP)
 	$(BIN)/ruff check mixnas tests bench

@@ -1,6 +1,6 @@
 """How far does a latency lookup table's prediction land from measurement?
 
-Builds a table for a search space (``configs/spaces/demo.yaml`` by default) on a device, then for random
+Builds a table for a search space (``mixnas/configs/spaces/demo.yaml`` by default) on a device, then for random
 architectures of the space that the table was not calibrated on, measures each whole network
 (``build_model``, ``measure_latency``: median of the timed runs, ms) and compares it with
 ``LatencyTable.predict``. Prints the mean absolute percentage error (MAPE) and the share of architectures
@@ -121,7 +121,7 @@ def write_row(doc: Path, row: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--space", type=Path, default=ROOT / "configs/spaces/demo.yaml", help="search space YAML")
+    p.add_argument("--space", type=Path, default=ROOT / "mixnas/configs/spaces/demo.yaml", help="search space YAML")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where latency is measured")
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
     p.add_argument("--archs", type=int, default=30, help="architectures compared (at least 30 for the doc)")

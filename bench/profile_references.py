@@ -45,7 +45,7 @@ def main() -> None:
         else [(1, None), (8, None)]
     )
     rows = []
-    for path in sorted((ROOT / "configs" / "reference").glob("*.yaml")):
+    for path in sorted((ROOT / "mixnas" / "configs" / "reference").glob("*.yaml")):
         arch = ArchConfig.from_yaml(path)
         torch.manual_seed(0)
         model = build_model(arch).eval()

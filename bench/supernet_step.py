@@ -19,7 +19,7 @@
 
 Goal: overhead (1) at most 1.2x on the CPU and 1.1x on a GPU. Writes ``docs/benchmarks/supernet.md``.
 
-    python bench/supernet_step.py [--space configs/spaces/demo.yaml] [--batch-size 64] [--steps 20]
+    python bench/supernet_step.py [--space mixnas/configs/spaces/demo.yaml] [--batch-size 64] [--steps 20]
                                   [--device cpu|cuda] [--threads 1] [--train-steps 0]
                                   [--out docs/benchmarks/supernet.md]
 """
@@ -50,10 +50,10 @@ from mixnas.search.profiler import count_params, device_name
 from mixnas.search_space import SearchSpace
 from mixnas.supernet import Supernet, build_model
 from mixnas.supernet.checkpoint import load_weights
-from mixnas.supernet.training import SandwichLoss, TrainConfig, subnet_accuracy, train_supernet
+from mixnas.training import SandwichLoss, TrainConfig, subnet_accuracy, train_supernet
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_SPACE = ROOT / "configs" / "spaces" / "demo.yaml"
+DEFAULT_SPACE = ROOT / "mixnas" / "configs" / "spaces" / "demo.yaml"
 DEFAULT_OUT = ROOT / "docs" / "benchmarks" / "supernet.md"
 CPU_GOAL, GPU_GOAL = 1.2, 1.1
 DEFAULT_THREADS = torch.get_num_threads()  # before --threads changes it

@@ -1,37 +1,57 @@
-"""The ``mixnas`` command.
+"""The ``mixnas`` command: every argparse parser of mixnas lives here, and nothing in the library imports it.
 
 Every subcommand turns a bad input (a malformed config, an impossible architecture, a missing dataset,
-a corrupt checkpoint) into one line on stderr, ``mixnas: error: ...``, and exit status 2.
+a corrupt checkpoint) into one line on stderr, ``mixnas: error: ...``, and exit status 2: the library
+raises ``mixnas.errors.MixnasError`` subclasses for them, and anything else keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from mixnas.errors import MixnasError, UsageError
+
 EXIT_USAGE = 2
+CLIError = UsageError  # the name earlier versions used
 
 
-class CLIError(Exception):
-    """A user-facing error raised by a subcommand: printed as one line, exit status 2."""
+# ------------------------------------------------------------------------------------------- arg types
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------- profile
 def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
+    from mixnas.device import resolve_device
+    from mixnas.packaged import load_arch
     from mixnas.search.cost import architecture_cost
-    from mixnas.search_space import ArchConfig
     from mixnas.supernet import build_model
-    from mixnas.supernet.training import resolve_device
 
     resolve_device(args.device)  # one clear line when CUDA is asked for but absent
     amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    archs = [ArchConfig.load(p) for p in args.arch]  # validate every file before measuring any
+    archs = [load_arch(p) for p in args.arch]  # validate every file before measuring any
     rows = []
     for path, arch in zip(args.arch, archs):
         torch.manual_seed(0)
@@ -70,7 +90,7 @@ def format_profile_table(rows: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------------------------- supernet
 def train_config_from_args(args: argparse.Namespace):
-    from mixnas.supernet.training import TrainConfig
+    from mixnas.training import TrainConfig
 
     return TrainConfig(
         data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -83,11 +103,12 @@ def train_config_from_args(args: argparse.Namespace):
 
 
 def cmd_supernet_train(args: argparse.Namespace) -> int:
-    from mixnas.search_space import SearchSpace
-    from mixnas.supernet.training import train_supernet
+    from mixnas.packaged import load_space
+    from mixnas.training import train_supernet
 
-    space = SearchSpace.from_yaml(args.space)
-    train_supernet(space, args.out, train_config_from_args(args), device=args.device, progress=not args.quiet)
+    space = load_space(args.space)
+    train_supernet(space, args.out, train_config_from_args(args), device=args.device, progress=not args.quiet,
+                   num_classes=args.num_classes)
     return 0
 
 
@@ -103,15 +124,55 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int, batch_size: 
     p.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip (0 disables)")
     p.add_argument("--seed", type=int, default=0, help="seeds data order, augmentation and sampling")
     p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on steps per epoch (0: whole training set)")
-    p.add_argument("--calib-batches", type=positive_int, default=10, help="batches for BatchNorm recalibration")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
+# -------------------------------------------------------------------------------------- standalone train
+def standalone_config_from_args(args: argparse.Namespace):
+    """The StandaloneConfig that ``mixnas train``'s arguments describe."""
+    from mixnas.training import StandaloneConfig
+
+    return StandaloneConfig(
+        data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
+        seed=args.seed, steps_per_epoch=args.steps_per_epoch, workers=args.workers,
+        init_weights=args.init_weights,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """``mixnas train``: train the architecture into ``--out``; prints where the weights are."""
+    from mixnas.packaged import load_arch
+    from mixnas.run_dir import RunDir
+    from mixnas.training import train_architecture
+
+    arch = load_arch(args.arch)
+    history = train_architecture(arch, args.out, standalone_config_from_args(args), device=args.device,
+                                 progress=not args.quiet)
+    if history and not args.quiet:
+        last = history[-1]
+        print(f"{args.out}: {last['epoch']} epochs, val top-1 {float(last['val_acc']):.2f}%; "
+              f"weights in {RunDir(args.out, 'training').weights}")
+    return 0
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    from mixnas.training import StandaloneConfig
+
+    d = StandaloneConfig()
+    p = sub.add_parser("train", help="train one architecture from scratch or from exported weights (resumable)")
+    p.add_argument("arch", metavar="ARCH", help="ArchConfig YAML or JSON file, or a packaged reference's name")
+    add_training_arguments(p, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr)
+    p.add_argument("--init-weights", default=None, metavar="FILE",
+                   help="start from these weights (a .safetensors of mixnas export --weights for this ARCH)")
+    p.set_defaults(func=cmd_train)
+
+
 # ------------------------------------------------------------------------------------------------ search
 def eval_settings_from_args(args: argparse.Namespace):
-    from mixnas.search.evaluator import EvalSettings
+    from mixnas.search import EvalSettings
 
     latency = args.latency or ("lut" if args.latency_lut else "measure")
     return EvalSettings(
@@ -123,26 +184,25 @@ def eval_settings_from_args(args: argparse.Namespace):
 
 
 def search_settings_from_args(args: argparse.Namespace):
-    from mixnas.results.pareto import parse_objectives
-    from mixnas.search.optuna_runner import SearchSettings
-    from mixnas.search.trials import Limits
+    from mixnas.search import Limits, SearchSettings
+    from mixnas.trials import parse_objectives
 
     try:
         objectives = tuple(parse_objectives(args.objectives))
     except ValueError as e:
-        raise CLIError(f"--objectives: {e}") from None
+        raise UsageError(f"--objectives: {e}") from None
     limits = Limits(args.max_gflops, args.max_params, args.max_latency_ms)
     return SearchSettings(trials=args.trials, objectives=objectives, sampler=args.sampler, limits=limits,
                           seed=args.seed, references=not args.no_references)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from mixnas.search.evaluator import CandidateEvaluator
+    from mixnas.search import CandidateEvaluator
 
     settings = search_settings_from_args(args)
     evaluation = eval_settings_from_args(args)
     if evaluation.latency == "none" and "latency" in settings.objectives:
-        raise CLIError("--objectives: latency is an objective but --latency none measures none")
+        raise UsageError("--objectives: latency is an objective but --latency none measures none")
     if args.backend == "ray":
         from mixnas.search.ray_runner import RaySettings, run_ray_search
 
@@ -161,7 +221,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_search_parser(sub) -> None:
+def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="multi-objective search over a trained supernet (resumable)")
     p.add_argument("run_dir", type=Path, help="a supernet run directory (mixnas supernet train --out)")
     p.add_argument("--trials", type=positive_int, required=True, help="finished trials to reach")
@@ -194,16 +254,19 @@ def add_search_parser(sub) -> None:
 
 
 # ------------------------------------------------------------------------------------- results and export
-def cmd_results(args: argparse.Namespace) -> int:
-    from mixnas.results.pages import write_pages
-    from mixnas.results.pareto import parse_objectives
-    from mixnas.results.store import load_trials
-    from mixnas.results.table import pareto_records, pareto_table
+def _objectives(text: str) -> list[str]:
+    from mixnas.trials import parse_objectives
 
     try:
-        objectives = parse_objectives(args.objectives)
+        return parse_objectives(text)
     except ValueError as e:
-        raise CLIError(f"--objectives: {e}") from None
+        raise UsageError(f"--objectives: {e}") from None
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from mixnas.results import load_trials, pareto_records, pareto_table, write_pages
+
+    objectives = _objectives(args.objectives)
     table = load_trials(args.run_dir)
     if "latency" in objectives and not table["latency_ms"].notna().any():
         objectives = [o for o in objectives if o != "latency"]
@@ -217,48 +280,98 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mixnas.results.export import export_architectures
-    from mixnas.results.pareto import parse_objectives
+    from mixnas.results import export_architectures
 
     if not args.pareto and not args.trial:
-        raise CLIError("choose what to export: --pareto or --trial N")
+        raise UsageError("choose what to export: --pareto or --trial N")
+    prepare = None
+    if args.weights:
+        from mixnas.search import CandidateEvaluator, load_settings
+
+        prepare = CandidateEvaluator(args.run_dir, load_settings(args.run_dir)).prepare
     paths = export_architectures(args.run_dir, args.out, trials=args.trial, pareto=args.pareto,
-                                 objectives=parse_objectives(args.objectives), weights=args.weights,
-                                 progress=not args.quiet)
+                                 objectives=_objectives(args.objectives), weights=prepare, progress=not args.quiet)
     for p in paths:
         print(p)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from mixnas.presets import get_preset, run_preset
 
-    run_preset(get_preset(args.preset, args.data), args.out, progress=not args.quiet, trials=args.trials,
-               epochs=args.epochs)
+    preset = get_preset(args.preset, args.data)
+    if args.steps_per_epoch is not None:
+        preset = replace(preset, steps_per_epoch=args.steps_per_epoch)
+    run_preset(preset, args.out, progress=not args.quiet, trials=args.trials, epochs=args.epochs)
     return 0
 
 
+# ---------------------------------------------------------------------------------------- latency tables
+def cmd_build_lut(args: argparse.Namespace) -> int:
+    """``mixnas latency build-lut``: build a table for a space and write it as JSON; returns the exit status."""
+    import torch
+
+    from mixnas.device import resolve_device
+    from mixnas.packaged import load_space
+    from mixnas.search.latency_lut import CALIBRATION_WARN_PCT, build_latency_table
+
+    resolve_device(args.device)
+    space = load_space(args.space)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    table = build_latency_table(
+        space, device=args.device, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
+        calibration_archs=args.calibration_archs, seed=args.seed, progress=not args.quiet,
+        max_seconds_per_entry=args.max_seconds, passes=args.passes,
+    )
+    table.save(args.out)
+    cal = table.calibration
+    print(
+        f"wrote {args.out}: {len(table.entries)} components on {table.device}, batch {table.batch_size}; "
+        f"calibration: {cal['scale']:.3f} x sum {cal['offset_ms']:+.3f} ms ({cal['fit']}, "
+        f"{cal['mape_pct']:.1f}% error on {len(cal['points'])} networks); built in {table.meta['build_seconds']} s"
+    )
+    if cal["mape_pct"] > CALIBRATION_WARN_PCT:
+        print(
+            f"warning: the calibration networks lie {cal['mape_pct']:.0f}% from the calibrated component sums; "
+            f"the device was probably busy: rebuild with --passes 3"
+            + (" --threads 1" if table.device_type == "cpu" else "") + " when it is quieter",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def add_lut_parser(sub: argparse._SubParsersAction) -> None:
+    from mixnas.search.latency_lut import DEFAULT_RUNS, DEFAULT_WARMUP
+
+    actions = sub.add_parser("latency", help="latency lookup tables").add_subparsers(
+        dest="latency_command", required=True, metavar="ACTION"
+    )
+    p = actions.add_parser(
+        "build-lut", help="measure every block choice of a space on a device, for latency prediction elsewhere"
+    )
+    p.add_argument("--space", required=True, help="search space YAML, or a packaged space's name")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where latency is measured")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
+    p.add_argument("--out", required=True, type=Path, help="the table (JSON) to write")
+    p.add_argument("--runs", type=positive_int, default=DEFAULT_RUNS, help="timed runs per component (median)")
+    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed runs before them")
+    p.add_argument("--calibration-archs", type=positive_int, default=8,
+                   help="random networks measured whole to calibrate (besides the largest and smallest)")
+    p.add_argument("--max-seconds", type=positive_float, default=None,
+                   help="cap on the timed runs of one component (s); at least 5 runs")
+    p.add_argument("--passes", type=positive_int, default=1,
+                   help="measure everything this many times in alternating order, keep the median (3 on a busy CPU)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: torch's own); the table holds for this count")
+    p.add_argument("--seed", type=int, default=0, help="seeds the calibration networks and initialisation")
+    p.add_argument("--quiet", action="store_true", help="no component count or progress bar")
+    p.set_defaults(func=cmd_build_lut)
+
+
 # ------------------------------------------------------------------------------------------------ parser
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mixnas", description="Neural architecture search over token mixers for vision backbones."
@@ -267,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("profile", help="parameters, GFLOPs and latency of architecture configs")
-    p.add_argument("arch", nargs="+", help="ArchConfig YAML or JSON file(s)")
+    p.add_argument("arch", nargs="+", help="ArchConfig YAML or JSON file(s), or packaged references by name (swin_t)")
     p.add_argument("--json", action="store_true", help="print JSON (one object, or a list for several files)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where latency is measured")
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per timed forward pass")
@@ -283,8 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     sn = sub.add_parser("supernet", help="train the weight-sharing supernet").add_subparsers(
         dest="supernet_command", required=True, metavar="ACTION")
     p = sn.add_parser("train", help="sandwich-rule training with in-place distillation (resumable; torchrun for DDP)")
-    p.add_argument("--space", required=True, help="search space YAML")
+    p.add_argument("--space", required=True, help="search space YAML, or a packaged space's name (demo, cifar, ...)")
     add_training_arguments(p, epochs=10, batch_size=64, lr=2e-3)
+    p.add_argument("--calib-batches", type=positive_int, default=10, help="batches for BatchNorm recalibration")
+    p.add_argument("--num-classes", type=positive_int, default=None,
+                   help="classes of the head (default: the space's; 'num_classes: auto' takes the dataset's)")
     p.add_argument("--num-random", type=int, default=2, help="random architectures per step (sandwich rule)")
     p.add_argument("--no-distill", action="store_true", help="train every architecture on the labels")
     p.add_argument("--rotate-mixers", action="store_true",
@@ -312,8 +428,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)
 
-    from mixnas.train import add_train_parser
-
     add_train_parser(sub)
 
     p = sub.add_parser("run", help="the main job: train, search, results, export (resumable)")
@@ -322,10 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="dataset spec; cifar and imagenet presets need one")
     p.add_argument("--trials", type=positive_int, default=None, help="override the preset's candidate count")
     p.add_argument("--epochs", type=positive_int, default=None, help="override the preset's training epochs")
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None,
+                   help="cap the steps of each training epoch (a quick check of the whole job)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_run)
-
-    from mixnas.search.latency_lut import add_lut_parser
 
     add_lut_parser(sub)
     return parser
@@ -337,26 +451,13 @@ def _version() -> str:
     return __version__
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is meant for the user as it is."""
-    from mixnas.search_space import ConfigError
-
-    errors: list[type[BaseException]] = [CLIError, ConfigError]
-    for module, name in (("mixnas.data", "DataError"), ("mixnas.results", "ResultsError"),
-                         ("mixnas.supernet.checkpoint", "CheckpointError"),
-                         ("mixnas.search.latency_lut", "LUTError")):
-        with contextlib.suppress(ImportError, AttributeError):
-            errors.append(getattr(__import__(module, fromlist=[name]), name))
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except user_errors() as e:
+    except MixnasError as e:
         print(f"mixnas: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except FileNotFoundError as e:

@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mixnas.search_space import ConfigError
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from mixnas.errors import ConfigError
+from mixnas.packaged import SPACES_DIR, packaged_path
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,7 @@ class Preset:
 
     Args:
         name: preset name.
-        space: search space YAML, relative to ``configs/spaces``.
+        space: the packaged search space's name (``mixnas/configs/spaces/<space>.yaml``).
         data: default dataset spec (None: the user must pass --data).
         epochs, batch_size, lr, steps_per_epoch: supernet training.
         trials: searched candidates.
@@ -56,16 +55,16 @@ class Preset:
 
     @property
     def space_path(self) -> Path:
-        return CONFIGS / "spaces" / self.space
+        return packaged_path(SPACES_DIR, self.space)
 
 
 PRESETS = {
-    "demo": Preset("demo", "demo.yaml", "digits", epochs=5, batch_size=64, lr=2e-3, steps_per_epoch=0, trials=40,
+    "demo": Preset("demo", "demo", "digits", epochs=5, batch_size=64, lr=2e-3, steps_per_epoch=0, trials=40,
                    latency_runs=10, latency_max_seconds=0.5, device="cpu",
                    cost="about 4-6 minutes on a 2-core CPU"),
-    "cifar": Preset("cifar", "cifar.yaml", None, epochs=100, batch_size=128, lr=2e-3, steps_per_epoch=0,
+    "cifar": Preset("cifar", "cifar", None, epochs=100, batch_size=128, lr=2e-3, steps_per_epoch=0,
                     trials=300, cost="a few hours on one GPU (supernet about 2-3 h, search about 1 h)"),
-    "imagenet": Preset("imagenet", "imagenet.yaml", None, epochs=120, batch_size=128, lr=1e-3, steps_per_epoch=0,
+    "imagenet": Preset("imagenet", "imagenet", None, epochs=120, batch_size=128, lr=1e-3, steps_per_epoch=0,
                        trials=500, latency_runs=50, val_limit=10000, cost="days on 8 GPUs under torchrun"),
 }
 
@@ -79,23 +78,19 @@ def get_preset(name: str, data: str | None) -> Preset:
     if preset.data is None:
         kind = "cifar:PATH" if name == "cifar" else "imagefolder:PATH"
         raise ConfigError(f"--data: preset {name} has no embedded data; pass --data {kind}")
-    if not preset.space_path.is_file():
-        raise ConfigError(f"{preset.space_path}: the preset's search space is missing from this installation")
+    preset.space_path  # noqa: B018  (raises ConfigError when the installation lacks the space)
     return preset
 
 
 def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: int | None = None,
                epochs: int | None = None) -> dict[str, Path]:
     """Train, search, write the pages and export the front; returns the paths a user looks at next."""
-    from mixnas.results.export import export_architectures
-    from mixnas.results.pages import write_pages
-    from mixnas.results.pareto import parse_objectives
-    from mixnas.results.store import load_trials
-    from mixnas.results.table import pareto_table
-    from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
-    from mixnas.search.optuna_runner import SearchSettings, run_optuna_search
+    from mixnas.results import export_architectures, pareto_table, write_pages
+    from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings
+    from mixnas.search.optuna_runner import run_optuna_search
     from mixnas.search_space import SearchSpace
-    from mixnas.supernet.training import TrainConfig, train_supernet
+    from mixnas.training import TrainConfig, train_supernet
+    from mixnas.trials import load_trials, parse_objectives
 
     out = Path(out)
     objectives = tuple(parse_objectives(preset.objectives))
@@ -118,8 +113,8 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
     index = write_pages(table, out / "pages", list(objectives), title=f"mixnas {preset.name}: {out.name}")
     say(pareto_table(table, list(objectives)))
     say("[4/4] export of the Pareto front")
-    exported = export_architectures(out, out / "exported", pareto=True, objectives=objectives, weights=True,
-                                    progress=progress)
+    exported = export_architectures(out, out / "exported", pareto=True, objectives=objectives,
+                                    weights=evaluator.prepare, progress=progress)
     say(f"Pareto page:      {index}")
     say(f"exported configs: {out / 'exported'} ({len(exported)} architectures, with weights)")
     return {"index": index, "exported": out / "exported"}

@@ -46,7 +46,7 @@ def test_profile_dge_reports_flops_range(tmp_path: Path, capsys: pytest.CaptureF
 
 
 def test_profile_table_for_several_files(capsys: pytest.CaptureFixture[str]) -> None:
-    files = [str(ROOT / "configs" / "reference" / f"{n}.yaml") for n in ("deit_t", "localvit_t")]
+    files = [str(ROOT / "mixnas" / "configs" / "reference" / f"{n}.yaml") for n in ("deit_t", "localvit_t")]
     assert main(["profile", *files, "--no-latency"]) == 0
     out = capsys.readouterr().out
     assert "deit_t" in out and "localvit_t" in out and "5.72M" in out and "5.91M" in out

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from mixnas import ArchConfig, build_model
-from mixnas.search.cost import dge_flops_per_image, model_gflops
+from mixnas.search.cost import flops_per_image, model_gflops
 from mixnas.search.profiler import count_flops
-from mixnas.supernet.dge import DynamicGrainedEncoder
+from mixnas.supernet.mixers.dge import DynamicGrainedEncoder
 
 ARCH = {
     "input_size": 32, "num_classes": 10, "patch_size": 4,
@@ -28,7 +28,7 @@ def test_fast_dge_flops_equal_tracing_every_image() -> None:
         if isinstance(m, DynamicGrainedEncoder):
             torch.nn.init.normal_(m.router.weight, std=3.0)  # route images differently
     images = torch.randn(10, 3, 32, 32)
-    fast = dge_flops_per_image(model, arch, images, batch_size=4)  # batched forwards, padded queries
+    fast = flops_per_image(model, arch, images, batch_size=4)  # batched forwards, padded queries
     slow = [count_flops(model, images[i : i + 1]) for i in range(10)]
     assert fast == slow
     assert len(set(slow)) >= 3  # the images were routed differently, so the interpolation was exercised

@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
+from mixnas.cli import add_lut_parser, main
 from mixnas.search.latency_lut import (
     LatencyTable,
     LUTError,
-    add_lut_parser,
     arch_components,
     build_latency_table,
     fit_calibration,
@@ -87,7 +87,7 @@ def test_shifted_windows_keyed_by_parity_only_when_they_shift(space: SearchSpace
     assert conv_keys == [k for k in conv_keys if "/h" not in k and "shifted" not in k]
     assert sum(arch_components(conv).values()) == sum(counts.values())
     # A window covering the map is global attention: no shift, keyed as the resolution.
-    wide = with_stage(arch, 0, mixer=dataclasses.replace(arch.stages[0].mixer, window_size=4))
+    wide = with_stage(arch, 0, mixer=arch.stages[0].mixer.with_params(window_size=4))
     assert not any("shifted" in k for k in arch_components(wide))
 
 
@@ -221,13 +221,10 @@ def test_build_lut_command_writes_a_table(tmp_path, capsys) -> None:
     assert f"wrote {out}" in capsys.readouterr().out
 
 
-def test_build_lut_command_rejects_missing_cuda(tmp_path, monkeypatch) -> None:
-    from mixnas.search import latency_lut
-
-    monkeypatch.setattr(latency_lut.torch.cuda, "is_available", lambda: False)
-    parser = argparse.ArgumentParser(prog="mixnas")
-    add_lut_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["latency", "build-lut", "--space", "x.yaml", "--out", str(tmp_path / "l.json"),
-                              "--device", "cuda"])
-    with pytest.raises(LUTError, match="CUDA is not available"):
-        args.func(args)
+def test_build_lut_command_rejects_missing_cuda(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["latency", "build-lut", "--space", "x.yaml", "--out", str(tmp_path / "l.json"), "--device", "cuda"]
+    assert main(argv) == 2  # mixnas.device.resolve_device, the one CUDA check, raises a one-line ConfigError
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and err.count("\n") == 1
+    assert not (tmp_path / "l.json").exists()

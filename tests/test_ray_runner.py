@@ -33,7 +33,8 @@ from ray.tune.search.concurrency_limiter import ConcurrencyLimiter
 import mixnas.search.ray_runner as ray_runner
 from mixnas import ArchConfig, SearchSpace
 from mixnas.results import load_trials
-from mixnas.results.store import TRIAL_COLUMNS
+from mixnas.run_dir import RunDir
+from mixnas.search import Limits
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
 from mixnas.search.optuna_runner import SearchSettings, make_sampler, run_optuna_search
 from mixnas.search.ray_runner import (
@@ -47,9 +48,10 @@ from mixnas.search.ray_runner import (
     run_ray_search,
     start_ray,
 )
-from mixnas.search.trials import Limits
 from mixnas.search_space import ConfigError
-from mixnas.supernet.training import SPACE_FILE, WEIGHTS_FILE, TrainConfig, train_supernet
+from mixnas.trials import TRIAL_COLUMNS
+
+SPACE_FILE, WEIGHTS_FILE = RunDir.SPACE, RunDir.SUPERNET_WEIGHTS
 
 TINY_SPACE: dict[str, Any] = {
     "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
@@ -189,13 +191,9 @@ def test_restoring_a_search_for_other_objectives_is_refused(tmp_path: Path) -> N
 
 # ------------------------------------------------------------------------------------------ with Ray
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(trained_run) -> Path:  # tests/conftest.py: trained once per session
     torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("run")
-    train_supernet(SearchSpace.from_dict(TINY_SPACE), run,
-                   TrainConfig(epochs=1, steps_per_epoch=2, batch_size=16, calib_batches=1), device="cpu",
-                   progress=False)
-    return run
+    return trained_run(TINY_SPACE, epochs=1, steps_per_epoch=2, batch_size=16, calib_batches=1)
 
 
 def trial_reports(run: Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ import torch
 from mixnas import ArchConfig, build_model
 from mixnas.search.profiler import count_flops, count_params, unsupported_ops
 
-REFERENCE = Path(__file__).resolve().parents[1] / "configs" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "mixnas" / "configs" / "reference"
 
 # (params, GFLOPs) from the papers' READMEs; DeiT's parameters less the class token and its position
 # embedding (2C), since mixnas pools globally instead.

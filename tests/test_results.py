@@ -15,6 +15,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+from browser import find_chromium, render_page, screenshot
 
 from mixnas.results import (
     TRIAL_COLUMNS,
@@ -32,18 +33,11 @@ from mixnas.results import (
     save_trials,
     write_pages,
 )
-from mixnas.results.pages import (
-    PAGE_FILES,
-    find_chromium,
-    render_page,
-    scatter3d_figure,
-    scatter_figure,
-    screenshot,
-)
-from mixnas.results.store import empty_trials
+from mixnas.results.pages import PAGE_FILES, scatter3d_figure, scatter_figure
 from mixnas.search_space import ArchConfig, SearchSpace
+from mixnas.trials import empty_trials
 
-DEMO_SPACE = Path(__file__).resolve().parents[1] / "configs" / "spaces" / "demo.yaml"
+DEMO_SPACE = Path(__file__).resolve().parents[1] / "mixnas" / "configs" / "spaces" / "demo.yaml"
 OBJS = ["accuracy", "gflops", "latency"]
 FAILED, INFEASIBLE = (4, 17), (8, 21)
 

@@ -18,13 +18,13 @@ from mixnas import ArchConfig, SearchSpace, build_model
 from mixnas.cli import main
 from mixnas.results import load_trials
 from mixnas.results.pareto import pareto_mask
-from mixnas.results.store import TRIAL_COLUMNS
+from mixnas.search import Limits
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
 from mixnas.search.optuna_runner import INTERRUPTED, SearchSettings, open_study, run_optuna_search
-from mixnas.search.trials import Limits
 from mixnas.search_space import ConfigError
 from mixnas.supernet.checkpoint import load_weights
-from mixnas.supernet.training import TrainConfig, evaluate_accuracy, train_supernet
+from mixnas.training import evaluate_accuracy
+from mixnas.trials import TRIAL_COLUMNS
 
 TINY_SPACE = {
     "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
@@ -41,13 +41,9 @@ FAST = EvalSettings(latency_runs=3, latency_max_seconds=0.2, calib_batches=2, va
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(trained_run) -> Path:  # tests/conftest.py: trained once per session
     torch.set_num_threads(1)
-    run = tmp_path_factory.mktemp("run")
-    space = SearchSpace.from_dict(TINY_SPACE)
-    train_supernet(space, run, TrainConfig(epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2),
-                   device="cpu", progress=False)
-    return run
+    return trained_run(TINY_SPACE, epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2)
 
 
 def copy_run(trained: Path, tmp_path: Path) -> Path:

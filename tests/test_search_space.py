@@ -18,12 +18,12 @@ import yaml
 from mixnas import ArchConfig, ConfigError, SearchSpace, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SPACES = sorted((ROOT / "configs" / "spaces").glob("*.yaml"))
-REFERENCES = sorted((ROOT / "configs" / "reference").glob("*.yaml"))
+SPACES = sorted((ROOT / "mixnas" / "configs" / "spaces").glob("*.yaml"))
+REFERENCES = sorted((ROOT / "mixnas" / "configs" / "reference").glob("*.yaml"))
 
 
 def swin_like() -> dict:
-    return yaml.safe_load((ROOT / "configs" / "reference" / "swin_t.yaml").read_text())
+    return yaml.safe_load((ROOT / "mixnas" / "configs" / "reference" / "swin_t.yaml").read_text())
 
 
 @pytest.mark.parametrize("path", REFERENCES, ids=lambda p: p.stem)
@@ -144,7 +144,7 @@ def test_window_at_least_the_resolution_means_global() -> None:
 def no_weight_init() -> Iterator[None]:
     """Skip random weight initialisation: it does not decide whether a network builds, and it is most
     of the time of building one (a thousand ImageNet-size networks would take minutes)."""
-    targets = ["mixnas.supernet.elastic.trunc_normal_", "mixnas.supernet.window_attn.trunc_normal_",
+    targets = ["mixnas.supernet.elastic.trunc_normal_", "mixnas.supernet.mixers.window_attn.trunc_normal_",
                "mixnas.supernet.backbone.trunc_normal_", "torch.nn.init.kaiming_uniform_", "torch.nn.init.uniform_"]
     with contextlib.ExitStack() as stack:
         for target in targets:
@@ -222,7 +222,7 @@ def test_space_rejects_impossible_combinations() -> None:
 
 
 def test_contains_names_the_field_outside_the_space() -> None:
-    space = SearchSpace.from_yaml(ROOT / "configs" / "spaces" / "demo.yaml")
+    space = SearchSpace.from_yaml(ROOT / "mixnas" / "configs" / "spaces" / "demo.yaml")
     arch = space.largest()
     d = arch.to_dict()
     d["stages"][1]["dim"] = 80
@@ -232,7 +232,7 @@ def test_contains_names_the_field_outside_the_space() -> None:
 
 
 def test_optuna_suggests_only_the_chosen_mixers_parameters() -> None:
-    space = SearchSpace.from_yaml(ROOT / "configs" / "spaces" / "demo.yaml")
+    space = SearchSpace.from_yaml(ROOT / "mixnas" / "configs" / "spaces" / "demo.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mixers_seen = set()

@@ -23,21 +23,18 @@ import torch
 from safetensors.torch import load_file
 
 import mixnas.data
-from mixnas.cli import main
+import mixnas.training.standalone as standalone
+from mixnas.cli import add_train_parser, main
+from mixnas.errors import CheckpointError
+from mixnas.run_dir import RunDir
 from mixnas.search_space import ArchConfig, ConfigError
-from mixnas.supernet import MixerNet, build_model
-from mixnas.supernet.checkpoint import CheckpointError, load_weights, save_weights
-from mixnas.train import (
-    ARCH_FILE,
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    METRIC_COLUMNS,
-    METRICS_FILE,
-    WEIGHTS_FILE,
-    StandaloneConfig,
-    add_train_parser,
-    train_architecture,
-)
+from mixnas.supernet import build_model
+from mixnas.supernet.checkpoint import load_weights, save_weights
+from mixnas.training import StandaloneConfig, train_architecture
+from mixnas.training.standalone import METRIC_COLUMNS
+
+ARCH_FILE, CHECKPOINT_FILE, CONFIG_FILE = RunDir.ARCH, RunDir.CHECKPOINT, RunDir.TRAIN_CONFIG
+METRICS_FILE, WEIGHTS_FILE = RunDir.METRICS, RunDir.MODEL_WEIGHTS
 
 DW = ArchConfig.from_dict({
     "name": "tiny_dw",
@@ -161,7 +158,7 @@ def test_out_dir_holds_arch_config_checkpoint_weights_and_metrics(
 
 def test_the_validation_accuracy_is_the_saved_models_in_eval_mode(straight_run: tuple[Path, list[dict]]) -> None:
     from mixnas.data import load_dataset, make_loader
-    from mixnas.supernet.training import evaluate_accuracy
+    from mixnas.training import evaluate_accuracy
 
     out, history = straight_run
     model = load_weights(build_model(DW), out / WEIGHTS_FILE)
@@ -265,15 +262,15 @@ def test_a_dataset_with_another_class_count_is_refused(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------- DGE
 def test_dge_adds_its_budget_loss_with_weight_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     grads: list[torch.Tensor] = []
-    original = MixerNet.dge_budget_loss
+    original = standalone.budget_loss
 
-    def spied(self: MixerNet, arch: ArchConfig | None = None) -> torch.Tensor | None:
-        budget = original(self, arch)
+    def spied(costs: Any) -> torch.Tensor | None:
+        budget = original(costs)
         if budget is not None and budget.requires_grad:
             budget.register_hook(grads.append)  # fires only if the budget is part of the loss backpropagated
         return budget
 
-    monkeypatch.setattr(MixerNet, "dge_budget_loss", spied)
+    monkeypatch.setattr(standalone, "budget_loss", spied)
     history = train_architecture(DGE, tmp_path / "run", replace(CONFIG, epochs=1), device="cpu", progress=False)
     assert len(grads) == CONFIG.steps_per_epoch
     assert all(float(g) == 1.0 for g in grads)

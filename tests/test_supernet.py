@@ -11,7 +11,7 @@ import torch
 from mixnas import ArchConfig, ConfigError, SearchSpace, Supernet, build_model
 from mixnas.search.profiler import count_params
 
-SPACES = Path(__file__).resolve().parents[1] / "configs" / "spaces"
+SPACES = Path(__file__).resolve().parents[1] / "mixnas" / "configs" / "spaces"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -88,7 +88,7 @@ def test_weights_are_shared_between_architectures() -> None:
 
 
 def test_sandwich_rotates_the_mixer_of_its_largest_and_smallest() -> None:
-    from mixnas.supernet.training import TrainConfig, sandwich_archs
+    from mixnas.training import TrainConfig, sandwich_archs
 
     space = SearchSpace.from_yaml(SPACES / "demo.yaml")
     rng = random.Random(0)

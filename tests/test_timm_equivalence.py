@@ -16,7 +16,7 @@ import torch
 
 from mixnas import ArchConfig, build_model
 
-REFERENCE = Path(__file__).resolve().parents[1] / "configs" / "reference"
+REFERENCE = Path(__file__).resolve().parents[1] / "mixnas" / "configs" / "reference"
 
 
 def mixnas_key(timm_key: str) -> str:
@@ -94,7 +94,7 @@ def test_shifted_windows_matter() -> None:
         x = torch.randn(1, 3, 224, 224)
         expected = reference(x)
         torch.testing.assert_close(model(x), expected, atol=1e-4, rtol=0)
-        import mixnas.supernet.window_attn as wa
+        import mixnas.supernet.mixers.window_attn as wa
 
         original = wa.effective_window
         try:

@@ -28,19 +28,14 @@ import torch
 from safetensors.torch import load_file
 
 import mixnas.data
-import mixnas.supernet.training as training
+import mixnas.training.batchnorm as batchnorm
 from mixnas.cli import main
 from mixnas.data import load_dataset, make_loader
+from mixnas.errors import CheckpointError
+from mixnas.run_dir import RunDir
 from mixnas.search_space import SearchSpace
 from mixnas.supernet import Supernet
-from mixnas.supernet.checkpoint import CheckpointError
-from mixnas.supernet.training import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    METRIC_COLUMNS,
-    METRICS_FILE,
-    SPACE_FILE,
-    WEIGHTS_FILE,
+from mixnas.training import (
     TrainConfig,
     batchnorm_layers,
     evaluate_accuracy,
@@ -49,6 +44,10 @@ from mixnas.supernet.training import (
     subnet_accuracy,
     train_supernet,
 )
+from mixnas.training.supernet import METRIC_COLUMNS
+
+CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE = RunDir.CHECKPOINT, RunDir.TRAIN_CONFIG, RunDir.METRICS
+SPACE_FILE, WEIGHTS_FILE = RunDir.SPACE, RunDir.SUPERNET_WEIGHTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -417,7 +416,7 @@ def test_subnet_accuracy_recalibrates_the_extracted_model(
         calls.append(recalibrate_batchnorm(model, batches, num_batches))
         return calls[-1]
 
-    monkeypatch.setattr(training, "recalibrate_batchnorm", spy)
+    monkeypatch.setattr(batchnorm, "recalibrate_batchnorm", spy)
     acc = subnet_accuracy(supernet, arch, calib(), val, torch.device("cpu"), calib_batches=2)
     assert calls == [2]
     assert subnet_accuracy(supernet, arch, calib(), val, torch.device("cpu"), calib_batches=2) == acc

@@ -4,7 +4,7 @@
 shuffling is fixed by a seed.
 """
 
-from mixnas.data.folders import DataError
 from mixnas.data.loaders import DatasetBundle, load_dataset, make_loader
+from mixnas.errors import DataError
 
 __all__ = ["DataError", "DatasetBundle", "load_dataset", "make_loader"]

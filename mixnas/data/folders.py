@@ -20,13 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-
-class DataError(ValueError):
-    """A dataset spec, path or file is unusable.
-
-    The message is one line, ``<spec>: <what is wrong>``, and names the path at fault; the CLI prints it
-    as it is and exits non-zero.
-    """
+from mixnas.errors import DataError
 
 
 def _one_line(text: object) -> str:

@@ -2,8 +2,9 @@
 
 Each file is named so a person can tell them apart (trial number, accuracy, GFLOPs, the mixers by stage),
 e.g. ``trial0012_acc87.3_gf0.041_win-dw-dge.yaml``. With weights, the network written is the one the
-search scored (supernet weights, the same fine-tuning if any, BatchNorm recalibrated the same way), so
-loading it reproduces the recorded accuracy. A manifest ``exported.csv`` lists what was written.
+search scored: the caller passes the scoring network's maker (``CandidateEvaluator.prepare``: supernet
+weights, the same fine-tuning if any, BatchNorm recalibrated the same way), so loading it reproduces the
+recorded accuracy. A manifest ``exported.csv`` lists what was written.
 """
 
 from __future__ import annotations
@@ -11,23 +12,24 @@ from __future__ import annotations
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
+from torch import nn
 from tqdm.auto import tqdm
 
 from mixnas.atomic import atomic_write_text
+from mixnas.errors import ResultsError
 from mixnas.results.pareto import pareto_front
-from mixnas.results.store import ResultsError, load_trials
 from mixnas.search_space import ArchConfig
-
-MIXER_ABBREVIATIONS = {"window_attn": "win", "dwconv": "dw", "dyn_dwconv": "ddw", "refiner": "ref", "dge": "dge"}
+from mixnas.supernet.checkpoint import save_weights
+from mixnas.trials import load_trials
 
 
 def export_name(row: pd.Series, arch: ArchConfig) -> str:
     """``trial0012_acc87.3_gf0.041_win-dw-dge``: sortable, and readable at a glance."""
-    mixers = "-".join(MIXER_ABBREVIATIONS[s.mixer.type] for s in arch.stages)
+    mixers = "-".join(s.mixer.spec.abbreviation for s in arch.stages)
     acc = f"acc{row['accuracy']:.1f}" if math.isfinite(row["accuracy"]) else "accNA"
     return f"trial{int(row['number']):04d}_{acc}_gf{row['gflops']:.3g}_{mixers}"
 
@@ -53,21 +55,26 @@ def select_trials(df: pd.DataFrame, trials: Sequence[int] | None, pareto: bool, 
 
 def export_architectures(
     run_dir: str | Path, out_dir: str | Path, trials: Sequence[int] | None = None, pareto: bool = False,
-    objectives: Sequence[str] = ("accuracy", "gflops", "latency"), weights: bool = False, progress: bool = True,
+    objectives: Sequence[str] = ("accuracy", "gflops", "latency"),
+    weights: Callable[[ArchConfig], nn.Module] | None = None, progress: bool = True,
 ) -> list[Path]:
-    """Write one YAML (and with ``weights`` one .safetensors) per chosen trial; returns the YAML paths."""
+    """Write one YAML (and, given ``weights``, one .safetensors) per chosen trial; returns the YAML paths.
+
+    Args:
+        run_dir: a searched run directory.
+        out_dir: where the files go.
+        trials: trial numbers to export (each must be complete).
+        pareto: export the Pareto front of ``objectives`` instead.
+        objectives: the front's objectives (latency is dropped when no trial measured it).
+        weights: makes the scored network of an architecture (``CandidateEvaluator(run_dir,
+            load_settings(run_dir)).prepare``); None writes the configs only.
+        progress: show a progress bar.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     df = load_trials(run_dir)
     if not df["latency_ms"].notna().any():
         objectives = [o for o in objectives if o != "latency"]
     chosen = select_trials(df, trials, pareto, objectives, str(run_dir))
-    evaluator = None
-    if weights:
-        from mixnas.search.evaluator import CandidateEvaluator, load_settings
-
-        evaluator = CandidateEvaluator(run_dir, load_settings(run_dir))
-    from mixnas.supernet.checkpoint import save_weights
-
     written, manifest = [], []
     for _, row in tqdm(list(chosen.iterrows()), desc="export", disable=not progress, leave=False):
         arch = ArchConfig.from_dict(json.loads(row["arch"]))
@@ -78,8 +85,8 @@ def export_architectures(
         entry = {"file": yaml_path.name, "trial": int(row["number"]), "arch_id": row["arch_id"],
                  "accuracy": row["accuracy"], "gflops": row["gflops"], "params": row["params"],
                  "latency_ms": row["latency_ms"], "weights": ""}
-        if evaluator is not None:
-            model = evaluator.prepare(arch).cpu()
+        if weights is not None:
+            model = weights(arch).cpu()
             weights_path = out_dir / f"{stem}.safetensors"
             save_weights(model, weights_path, {"arch_id": arch.arch_id, "accuracy": f"{row['accuracy']:.4f}"})
             entry["weights"] = weights_path.name

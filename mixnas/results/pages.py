@@ -12,20 +12,15 @@
 - ``index.html``: links to all of them, a summary, and the Pareto table.
 
 Every page embeds plotly.js (several MB each) rather than loading it from a CDN, so a run directory
-can be copied to a machine without network and still be read.
+can be copied to a machine without network and still be read. (The headless-browser checks of these
+pages live with the tests, in ``tests/browser.py``.)
 """
 
 from __future__ import annotations
 
 import html
-import json
 import math
-import re
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +28,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from mixnas.atomic import atomic_write, atomic_write_text
+from mixnas.atomic import atomic_write_text
 from mixnas.results.pareto import (
-    OBJECTIVE_LABELS,
-    OBJECTIVES,
     Reference,
     candidates,
     default_reference,
@@ -44,11 +37,10 @@ from mixnas.results.pareto import (
     objective_column,
     pareto_front,
     pareto_mask,
-    parse_objectives,
 )
-from mixnas.results.store import TRIAL_STATES, check_trials
 from mixnas.results.table import format_gflops, pareto_records, parse_arch, stage_label, table_rows
-from mixnas.search_space.arch import MIXER_TYPES
+from mixnas.search_space import get_mixer, mixer_names
+from mixnas.trials import OBJECTIVE_LABELS, OBJECTIVES, TRIAL_STATES, check_trials, parse_objectives
 
 PAGE_FILES = {
     "accuracy_vs_gflops": "accuracy_vs_gflops.html",
@@ -63,11 +55,6 @@ PAGE_TITLES = {
     "objectives_3d": "Objectives in 3-D",
     "hypervolume": "Hypervolume over trials",
     "mixers": "Mixers along the Pareto front",
-}
-# Fixed colours per mixer type, so that runs can be compared side by side.
-MIXER_COLORS = {
-    "window_attn": "#1f77b4", "dwconv": "#2ca02c", "dyn_dwconv": "#98df8a", "refiner": "#9467bd",
-    "dge": "#ff7f0e",
 }
 FRONT_COLOR = "#d62728"
 _UNITS = {"accuracy": "%", "gflops": "GFLOPs", "params": "", "latency": "ms"}
@@ -273,21 +260,24 @@ def mixer_figure(df: pd.DataFrame, objectives: Sequence[str]) -> go.Figure:
     z = np.full((n_stages, len(archs)), np.nan)
     text = [["" for _ in archs] for _ in range(n_stages)]
     hover = [["" for _ in archs] for _ in range(n_stages)]
+    # Every registered mixer keeps its colour (its spec's), so that runs can be compared side by side.
+    types = mixer_names()
     for j, arch in enumerate(archs):
         for i, stage in enumerate(arch.stages):
-            z[i, j] = MIXER_TYPES.index(stage.mixer.type)
+            z[i, j] = types.index(stage.mixer.type)
             text[i][j] = stage.mixer.short()
             hover[i][j] = f"trial {front['number'].iloc[j]}, stage {i + 1}: {stage_label(arch, i)}"
-    k = len(MIXER_TYPES)
+    k = len(types)
     # A stepped colour scale: each mixer type owns the band [i/k, (i+1)/k].
     scale = []
-    for i, t in enumerate(MIXER_TYPES):
-        scale += [[i / k, MIXER_COLORS[t]], [(i + 1) / k, MIXER_COLORS[t]]]
+    for i, t in enumerate(types):
+        color = get_mixer(t).color
+        scale += [[i / k, color], [(i + 1) / k, color]]
     fig = go.Figure(go.Heatmap(
         x=x, y=[f"stage {i + 1}" for i in range(n_stages)], z=z, text=text, customdata=hover,
         texttemplate="%{text}", hovertemplate="%{customdata}<extra></extra>", colorscale=scale,
         zmin=-0.5, zmax=k - 0.5, xgap=2, ygap=2,
-        colorbar=dict(title="mixer", tickvals=list(range(k)), ticktext=MIXER_TYPES),
+        colorbar=dict(title="mixer", tickvals=list(range(k)), ticktext=types),
     ))
     minimised = [o for o in parse_objectives(objectives) if OBJECTIVES[o] == "min"]
     order = OBJECTIVE_LABELS[minimised[0]] if minimised else "accuracy"
@@ -494,161 +484,3 @@ def write_pages(
     index = out / "index.html"
     atomic_write_text(index, _page(title, title, "\n".join(index_body), nav))
     return index
-
-
-# ---------------------------------------------------------------------------------- headless browser
-_BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
-# Headless, offline, no GPU: WebGL (the 3-D page) runs on SwiftShader, which newer builds only
-# allow with --enable-unsafe-swiftshader. --no-sandbox because CI containers run as root.
-_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-    "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--hide-scrollbars",
-)
-
-
-def find_chromium() -> str | None:
-    """The path of a Chromium or Chrome executable, or None."""
-    for name in _BROWSERS:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
-def _run_chromium(args: Sequence[str], timeout: float) -> subprocess.CompletedProcess:
-    browser = find_chromium()
-    if browser is None:
-        raise RuntimeError("no Chromium found on PATH; install it (scripts/ensure-chromium) to render pages")
-    with tempfile.TemporaryDirectory(prefix="mixnas-chromium-") as profile:
-        return subprocess.run(
-            [browser, *_FLAGS, f"--user-data-dir={profile}", *args],
-            capture_output=True, text=True, timeout=timeout, check=False,
-        )
-
-
-def screenshot(
-    html_path: str | Path, png_path: str | Path, size: tuple[int, int] = (1200, 800), timeout: float = 120.0
-) -> Path:
-    """Render a page in headless Chromium and save a PNG of the window.
-
-    Args:
-        html_path: the page.
-        png_path: where to write the PNG (written atomically).
-        size: window width and height in pixels.
-        timeout: seconds before the browser is given up on.
-    """
-    page = Path(html_path).resolve()
-    if not page.is_file():
-        raise FileNotFoundError(f"{page}: no such page")
-    target = Path(png_path)
-
-    def shoot(tmp: str) -> None:
-        # Chromium picks the image format from the file name, so it writes shot.png, not the .tmp file.
-        with tempfile.TemporaryDirectory(prefix="mixnas-shot-") as folder:
-            shot = Path(folder) / "shot.png"
-            res = _run_chromium([
-                f"--screenshot={shot}", f"--window-size={size[0]},{size[1]}", "--virtual-time-budget=10000",
-                page.as_uri(),
-            ], timeout)
-            if res.returncode != 0 or not shot.is_file() or shot.stat().st_size == 0:
-                tail = res.stderr.strip().splitlines()[-1:] or ["no output"]
-                raise RuntimeError(
-                    f"{page}: Chromium failed to take a screenshot (exit {res.returncode}: {tail[0]})"
-                )
-            shutil.copyfile(shot, tmp)
-
-    atomic_write(target, shoot)
-    return target
-
-
-@dataclass
-class RenderedPage:
-    """What a page looked like after its scripts ran in headless Chromium.
-
-    Args:
-        dom: the serialized DOM, with the contents of ``<script>`` elements removed (plotly.js
-            itself names every class it can create, so only the rest says what was drawn).
-        errors: uncaught JavaScript errors, unhandled rejections and ``console.error`` calls.
-        plots: one dict per plotly graph: ``id``, ``svg`` (``.main-svg`` count), ``gl`` (WebGL
-            canvases), ``traces`` (each with ``name``, ``type`` and ``points``: the first
-            ``customdata`` entry per point, the trial number on this package's scatter plots).
-    """
-
-    dom: str
-    errors: list[str] = field(default_factory=list)
-    plots: list[dict[str, Any]] = field(default_factory=list)
-
-
-_PROBE_HEAD = """<script>
-window.__renderErrors = [];
-window.addEventListener("error", function (e) {
-  window.__renderErrors.push(String(e.message) + " (" + e.filename + ":" + e.lineno + ")");
-});
-window.addEventListener("unhandledrejection", function (e) {
-  window.__renderErrors.push("unhandled rejection: " + String(e.reason));
-});
-(function () {
-  var original = console.error;
-  console.error = function () {
-    window.__renderErrors.push("console.error: " + Array.prototype.map.call(arguments, String).join(" "));
-    original.apply(console, arguments);
-  };
-})();
-</script>"""
-_PROBE_TAIL = """<script>
-window.addEventListener("load", function () { setTimeout(function () {
-  var plots = Array.prototype.map.call(document.querySelectorAll(".js-plotly-plot"), function (gd) {
-    return {
-      id: gd.id,
-      svg: gd.querySelectorAll(".main-svg").length,
-      gl: gd.querySelectorAll(".gl-container canvas").length,
-      traces: (gd._fullData || []).map(function (t) {
-        var cd = t.customdata || [];
-        return {name: t.name, type: t.type, points: Array.prototype.map.call(cd, function (c) {
-          return Array.isArray(c) ? c[0] : c; })};
-      })
-    };
-  });
-  var out = document.createElement("pre");
-  out.id = "render-report";
-  out.textContent = JSON.stringify({errors: window.__renderErrors, plots: plots});
-  document.body.appendChild(out);
-}, WAIT_MS); });
-</script>"""
-
-
-def render_page(html_path: str | Path, wait_ms: int = 2000, timeout: float = 120.0) -> RenderedPage:
-    """Open a page in headless Chromium and report what it drew and which JavaScript errors it raised.
-
-    A copy of the page gets two small scripts: one at the top of ``<head>`` that records errors
-    before plotly.js runs, one at the end that, ``wait_ms`` after load, writes a JSON report of the
-    plotly graphs into the DOM. Chromium's ``--dump-dom`` then returns that DOM; virtual time makes
-    the wait cost no real time. The original page is left untouched.
-
-    Args:
-        html_path: the page.
-        wait_ms: milliseconds after the load event before the report is taken (3-D scenes draw late).
-        timeout: seconds before the browser is given up on.
-    """
-    page = Path(html_path).resolve()
-    text = page.read_text()
-    head = re.search(r"<head[^>]*>", text, flags=re.IGNORECASE)
-    at = head.end() if head else 0
-    text = text[:at] + _PROBE_HEAD + text[at:]
-    tail = _PROBE_TAIL.replace("WAIT_MS", str(int(wait_ms)))
-    end = text.lower().rfind("</body>")
-    text = text[:end] + tail + text[end:] if end >= 0 else text + tail
-    with tempfile.TemporaryDirectory(prefix="mixnas-render-") as tmp:
-        probe = Path(tmp) / page.name
-        probe.write_text(text)
-        res = _run_chromium(["--virtual-time-budget=15000", "--dump-dom", probe.as_uri()], timeout)
-    if res.returncode != 0:
-        tail_line = res.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise RuntimeError(f"{page}: Chromium failed (exit {res.returncode}: {tail_line[0]})")
-    dom = re.sub(r"(<script\b[^>]*>).*?(</script>)", r"\1\2", res.stdout, flags=re.DOTALL | re.IGNORECASE)
-    report = re.search(r'<pre id="render-report">(.*?)</pre>', dom, flags=re.DOTALL)
-    if report is None:
-        return RenderedPage(dom=dom, errors=["the page never finished loading (no render report)"])
-    data = json.loads(html.unescape(report.group(1)))
-    return RenderedPage(dom=dom, errors=list(data["errors"]), plots=list(data["plots"]))

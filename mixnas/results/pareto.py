@@ -1,4 +1,4 @@
-"""Pareto fronts and hypervolume over a trial table (see ``mixnas.results.store``).
+"""Pareto fronts and hypervolume over a trial table (see ``mixnas.trials``).
 
 Optuna 5.0 exposes Pareto fronts only through a live study (``Study.best_trials``) and its plots
 (``optuna.visualization.plot_pareto_front``, ``plot_hypervolume_history``); the array-level helpers
@@ -17,62 +17,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-# Objective name -> direction. The column each reads is in _OBJECTIVE_COLUMNS.
-OBJECTIVES: dict[str, str] = {"accuracy": "max", "gflops": "min", "params": "min", "latency": "min"}
-_OBJECTIVE_COLUMNS = {"accuracy": "accuracy", "gflops": "gflops", "params": "params", "latency": "latency_ms"}
-# The CLI's `--objectives accuracy,flops,latency` (DESIGN.md) names GFLOPs "flops".
-_ALIASES = {"flops": "gflops"}
-# How each objective is written on tables and plots.
-OBJECTIVE_LABELS = {
-    "accuracy": "accuracy (%)", "gflops": "GFLOPs", "params": "params", "latency": "latency (ms)",
-}
+from mixnas.trials import (
+    OBJECTIVES,
+    directions_of,
+    objective_column,
+    parse_objectives,
+)
 
 Reference = Mapping[str, float] | Sequence[float] | np.ndarray
-
-
-def _canonical(name: str) -> str:
-    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in OBJECTIVES:
-        raise ValueError(
-            f"objective {name!r} is unknown; allowed: {', '.join(OBJECTIVES)} (flops means gflops)"
-        )
-    return key
-
-
-def objective_column(name: str) -> str:
-    """The trial-table column an objective reads (``latency`` -> ``latency_ms``).
-
-    Args:
-        name: one of ``OBJECTIVES`` (``flops`` is accepted for ``gflops``).
-
-    Raises:
-        ValueError: the name is not an objective; the message lists the allowed names.
-    """
-    return _OBJECTIVE_COLUMNS[_canonical(name)]
-
-
-def parse_objectives(objectives: str | Sequence[str]) -> list[str]:
-    """Canonical objective names from ``"accuracy,flops,latency"`` or a list of names.
-
-    Args:
-        objectives: a comma-separated string or a sequence of names.
-
-    Raises:
-        ValueError: an unknown or repeated name, or none at all.
-    """
-    names = objectives.split(",") if isinstance(objectives, str) else list(objectives)
-    out = [_canonical(n) for n in names if n.strip()]
-    if not out:
-        raise ValueError(f"objectives: none given; choose from {', '.join(OBJECTIVES)}")
-    repeated = sorted({n for n in out if out.count(n) > 1})
-    if repeated:
-        raise ValueError(f"objectives: {repeated[0]!r} is given twice")
-    return out
-
-
-def directions_of(objectives: Sequence[str]) -> list[str]:
-    """``"max"``/``"min"`` for each objective, in order."""
-    return [OBJECTIVES[_canonical(o)] for o in objectives]
 
 
 def _check_directions(directions: Sequence[str], m: int) -> np.ndarray:
@@ -230,7 +182,7 @@ def _hv(loss: np.ndarray, ref: np.ndarray) -> float:
 
 def _reference_array(objectives: Sequence[str], reference: Reference) -> np.ndarray:
     if isinstance(reference, Mapping):
-        ref = {_canonical(k): float(v) for k, v in reference.items()}
+        ref = {parse_objectives([k])[0]: float(v) for k, v in reference.items()}
         missing = [o for o in objectives if o not in ref]
         if missing:
             raise ValueError(f"reference point: no value for objective {missing[0]!r}")

@@ -10,8 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from mixnas.results.pareto import pareto_front, parse_objectives
-from mixnas.search_space.arch import ArchConfig
+from mixnas.results.pareto import pareto_front
+from mixnas.search_space import ArchConfig
+from mixnas.trials import parse_objectives
 
 
 @lru_cache(maxsize=4096)

@@ -42,8 +42,8 @@ class ArchCost:
 
 
 def is_input_dependent(arch: ArchConfig) -> bool:
-    """True when the FLOPs depend on the image (DGE routes regions per image)."""
-    return any(s.mixer.type == "dge" for s in arch.stages)
+    """True when the FLOPs depend on the image (a mixer whose spec says so: DGE routes regions per image)."""
+    return any(s.mixer.spec.input_dependent_cost for s in arch.stages)
 
 
 def model_gflops(
@@ -57,7 +57,7 @@ def model_gflops(
         return g, g, g
     if images is None:
         images = torch.randn(8, arch.in_chans, arch.input_size, arch.input_size)
-    per_image = dge_flops_per_image(model, arch, images)
+    per_image = flops_per_image(model, arch, images)
     return sum(per_image) / len(per_image) / 1e9, min(per_image) / 1e9, max(per_image) / 1e9
 
 
@@ -72,31 +72,29 @@ def _batches(images: torch.Tensor | Iterable, batch_size: int) -> Iterator[torch
 
 
 @torch.no_grad()
-def dge_flops_per_image(
+def flops_per_image(
     model: nn.Module, arch: ArchConfig, images: torch.Tensor | Iterable, batch_size: int = 128
 ) -> list[int]:
-    """FLOPs of each image for a model with DGE blocks, tracing as few images as possible.
+    """FLOPs of each image for a model with input-dependent (DGE) blocks, tracing as few images as possible.
 
     A DGE block's FLOPs are affine in the number of queries it computes (every per-query cost, the
     projections, attention rows, norms and FFN, is linear in it; the router and the keys and values are
     fixed), and the rest of the network does not depend on the image. So fvcore's per-module counts of
     two traces with different query counts give each block's line, and any other image only needs its
-    query counts, read from batched forward passes. An image is traced whenever a block's count cannot be
-    placed on a known line; the result equals tracing every image (``flops_summary``), which the tests check.
+    query counts, which ``forward_with_costs`` returns for a whole batch. An image is traced whenever a
+    block's count cannot be placed on a known line; the result equals tracing every image
+    (``flops_summary``), which the tests check.
 
     Args:
-        model: the network of ``arch``.
-        arch: its architecture (which stages are DGE).
+        model: the network of ``arch`` (a ``MixerNet``).
+        arch: its architecture (which stages are input-dependent).
         images: a tensor (N, C, H, W), or an iterable of batches (a DataLoader), on the model's device.
         batch_size: forward batch size when ``images`` is a tensor.
     """
     from mixnas.search.profiler import flops_by_module
-    from mixnas.supernet.dge import DynamicGrainedEncoder
+    from mixnas.supernet import dynamic_block_names
 
-    blocks = [f"stages.{i}.blocks.{j}" for i, s in enumerate(arch.stages) if s.mixer.type == "dge"
-              for j in range(s.depth)]
-    dge = {name: model.get_submodule(f"{name}.mixers.dge") for name in blocks}
-    assert all(isinstance(m, DynamicGrainedEncoder) for m in dge.values())
+    blocks = dynamic_block_names(arch)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -105,8 +103,8 @@ def dge_flops_per_image(
     out = []
     for batch in _batches(images, batch_size):
         batch = batch.to(device)
-        model(batch)
-        queries = {name: [int(q) for q in dge[name].queries_per_image] for name in blocks}
+        _, costs = model.forward_with_costs(batch)
+        queries = {name: [int(round(float(q))) for q in cost.queries] for name, cost in zip(blocks, costs)}
         for i in range(batch.shape[0]):
             q_i = {name: queries[name][i] for name in blocks}
             known = all(q in points[n] or len(points[n]) >= 2 for n, q in q_i.items())

@@ -6,6 +6,12 @@ count parameters and GFLOPs (DGE: mean, min and max over validation images) and 
 device or predict it from a lookup table. Results are cached by ``arch_id`` on disk
 (``RUN_DIR/search/cache/<arch_id>.json``), so an architecture suggested twice, by a resumed search or
 by another Ray worker on the same storage, is evaluated once.
+
+Scoring is deterministic on the CPU: an architecture gets the same accuracy and FLOPs in any process and
+in any order of evaluation (the calibration batches are drawn afresh for each candidate from the
+settings' seed, fine-tuning is seeded likewise, and every reduction runs in a fixed order on one
+device). On a GPU, cuDNN and atomics may make the last digits of an accuracy differ between runs;
+accuracy is a count of correct images, so it changes only when an image sits on a decision boundary.
 """
 
 from __future__ import annotations
@@ -20,22 +26,24 @@ from typing import Any
 import torch
 
 from mixnas.atomic import atomic_write_text
+from mixnas.device import resolve_device
+from mixnas.errors import CheckpointError, ConfigError
+from mixnas.run_dir import RunDir
 from mixnas.search.cost import model_gflops
 from mixnas.search.profiler import count_params, device_name, measure_latency
-from mixnas.search_space import ArchConfig, ConfigError
-from mixnas.supernet.checkpoint import CheckpointError, load_weights
-from mixnas.supernet.supernet import Supernet
-from mixnas.supernet.training import (
-    WEIGHTS_FILE,
+from mixnas.search_space import ArchConfig
+from mixnas.supernet import Supernet
+from mixnas.supernet.checkpoint import load_weights
+from mixnas.training import (
+    Schedule,
+    StepInfo,
+    StepResult,
     evaluate_accuracy,
+    fit,
     read_config,
     read_space,
     recalibrate_batchnorm,
-    resolve_device,
 )
-
-SEARCH_DIR = "search"
-SETTINGS_FILE = "eval_settings.json"
 
 
 @dataclass(frozen=True)
@@ -91,11 +99,12 @@ class CandidateEvaluator:
     def __init__(self, run_dir: str | Path, settings: EvalSettings | None = None) -> None:
         from mixnas.data import load_dataset, make_loader
 
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
+        self.run_dir = self.run.path
         self.settings = settings or EvalSettings()
-        self.space = read_space(self.run_dir)
-        self.train_config = read_config(self.run_dir)
-        weights = self.run_dir / WEIGHTS_FILE
+        self.space = read_space(self.run)
+        self.train_config = read_config(self.run)
+        weights = self.run.weights
         if not weights.is_file():
             raise CheckpointError(f"{weights}: missing; train the supernet first (mixnas supernet train)")
         self.device = resolve_device(self.settings.device)
@@ -105,9 +114,6 @@ class CandidateEvaluator:
         if self.settings.val_limit and self.settings.val_limit < len(val):
             val = torch.utils.data.Subset(val, range(self.settings.val_limit))
         self.val_loader = make_loader(val, 256, shuffle=False)
-        self.calib_loader = make_loader(
-            self.data.calib, self.train_config.batch_size, shuffle=True, seed=self.settings.seed
-        )
         n = self.settings.flops_images
         flops_set = val if not n or n >= len(val) else torch.utils.data.Subset(val, range(n))
         self.flops_loader = make_loader(flops_set, 256, shuffle=False)
@@ -123,8 +129,15 @@ class CandidateEvaluator:
                     f"--latency-lut: {self.settings.latency_lut} was measured at batch {self.lut.batch_size}, "
                     f"but --latency-batch-size is {self.settings.latency_batch_size}; build a table at that batch"
                 )
-        self.cache_dir = self.run_dir / SEARCH_DIR / "cache"
+        self.cache_dir = self.run.cache_dir
         self._memory: dict[str, dict[str, Any]] = {}
+
+    def calibration_batches(self) -> Any:
+        """The BatchNorm calibration batches: a fresh loader seeded by the settings, so that every candidate
+        is calibrated on the same images whatever was evaluated before it, in whichever process."""
+        from mixnas.data import make_loader
+
+        return make_loader(self.data.calib, self.train_config.batch_size, shuffle=True, seed=self.settings.seed)
 
     # ------------------------------------------------------------------------------------------ cache
     def _cache_path(self, arch: ArchConfig) -> Path:
@@ -177,9 +190,8 @@ class CandidateEvaluator:
         torch.manual_seed(self.settings.seed)
         model = self.supernet.extract(arch).to(self.device)
         if self.settings.train_epochs > 0:
-            finetune(model, self.data, self.settings.train_epochs, self.settings.finetune_lr,
-                     self.train_config.batch_size, self.device, self.settings.seed, self.settings.finetune_steps)
-        recalibrate_batchnorm(model, self.calib_loader, self.settings.calib_batches)
+            finetune(model, self.data.train, self.settings, self.train_config.batch_size, self.device)
+        recalibrate_batchnorm(model, self.calibration_batches(), self.settings.calib_batches)
         return model.eval()
 
     def latency(self, model: torch.nn.Module, arch: ArchConfig) -> dict[str, Any]:
@@ -202,50 +214,33 @@ class CandidateEvaluator:
 
 def save_settings(run_dir: str | Path, settings: EvalSettings) -> None:
     """Record how a search scored its candidates (export re-creates the scored networks from it)."""
-    path = Path(run_dir) / SEARCH_DIR / SETTINGS_FILE
-    atomic_write_text(path, json.dumps(asdict(settings), indent=2) + "\n")
+    run = RunDir(run_dir)
+    run.write_settings(settings, run.eval_settings_file)
 
 
 def load_settings(run_dir: str | Path) -> EvalSettings:
-    path = Path(run_dir) / SEARCH_DIR / SETTINGS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; run mixnas search on this run directory first")
-    try:
-        return EvalSettings(**json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"{path}: corrupt ({e.__class__.__name__})") from None
+    run = RunDir(run_dir)
+    if not run.eval_settings_file.is_file():
+        raise CheckpointError(f"{run.eval_settings_file}: missing; run mixnas search on this run directory first")
+    return run.read_settings(EvalSettings, run.eval_settings_file)
 
 
-def finetune(model: torch.nn.Module, data: Any, epochs: int, lr: float, batch_size: int,
-             device: torch.device, seed: int, max_steps: int = 0) -> None:
-    """Train an extracted subnet for a few epochs from its inherited weights (AdamW, cosine, timm).
-
-    ``max_steps`` caps the steps of each epoch (0: a full pass)."""
+def finetune(model: torch.nn.Module, train_set: Any, settings: EvalSettings, batch_size: int,
+             device: torch.device) -> list[dict[str, Any]]:
+    """Train an extracted subnet for ``settings.train_epochs`` epochs from its inherited weights, in memory,
+    through the same loop as every other training (AdamW and cosine from timm, no warm-up, seeded by
+    ``settings.seed``); ``settings.finetune_steps`` caps the steps of each epoch (0: a full pass)."""
     from timm.loss import LabelSmoothingCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
 
-    from mixnas.data import make_loader
-
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=0.05)
-    loader = make_loader(data.train, batch_size, shuffle=True, seed=seed, drop_last=True)
-    per_epoch = min(len(loader), max_steps) if max_steps else len(loader)
-    scheduler, _ = create_scheduler_v2(optimizer, sched="cosine", num_epochs=epochs, step_on_epochs=False,
-                                       updates_per_epoch=per_epoch, warmup_epochs=0)
     loss_fn = LabelSmoothingCrossEntropy(0.1)
-    model.train()
-    step = 0
-    for epoch in range(epochs):
-        torch.manual_seed(seed * 7919 + epoch)
-        epoch_loader = make_loader(data.train, batch_size, shuffle=True, seed=seed + epoch, drop_last=True)
-        for i, (x, y) in enumerate(epoch_loader):
-            if i >= per_epoch:
-                break
-            loss = loss_fn(model(x.to(device)), y.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            step += 1
-            scheduler.step_update(step)
+    schedule = Schedule(epochs=settings.train_epochs, batch_size=batch_size, lr=settings.finetune_lr,
+                        weight_decay=0.05, warmup_epochs=0, clip_grad=5.0, seed=settings.seed,
+                        steps_per_epoch=settings.finetune_steps, min_lr_ratio=0.0)
+
+    def step(x: torch.Tensor, y: torch.Tensor, info: StepInfo) -> StepResult:
+        loss = loss_fn(model(x), y)
+        return StepResult(loss, loss.detach())
+
+    history = fit(model, step, train_set, schedule, device, progress=False, desc="fine-tune")
     model.eval()
+    return history

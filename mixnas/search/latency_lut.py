@@ -35,14 +35,13 @@ On the CPU a table holds for the thread count it was built with (``device`` name
 ``device_name`` does); set ``torch.set_num_threads`` alike when comparing.
 
 DGE's latency depends on the image through its router. Blocks and calibration networks are measured
-with the router as initialised (zero weights, a bias giving the finest granularity probability 0.95),
-under which evaluation sends every region to the finest granularity: the table predicts DGE at its
-densest, an upper bound for a trained router.
+with the router as initialised (small weights and a prior giving the finest granularity probability
+0.95), under which evaluation sends every region to the finest granularity: the table predicts DGE at
+its densest, an upper bound for a trained router.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import math
@@ -51,7 +50,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,19 +59,17 @@ import torch
 from torch import Tensor, nn
 
 from mixnas.atomic import atomic_write_text
+from mixnas.errors import LUTError
 from mixnas.search.profiler import device_name, measure_latency
-from mixnas.search_space import ArchConfig, SearchSpace, StageConfig
-from mixnas.search_space.arch import MIXER_PARAMS, MixerConfig, stage_resolutions
-from mixnas.supernet.backbone import Block, PatchMerging, StageLimits, build_model
-from mixnas.supernet.elastic import ElasticConv2d, ElasticLayerNorm, ElasticLinear
+from mixnas.search_space import ArchConfig, MixerConfig, SearchSpace, StageConfig
+from mixnas.search_space.arch import stage_resolutions
+from mixnas.supernet.backbone import Block, MixerNet, PatchMerging, StageLimits, build_model
 
 LUT_FORMAT = "mixnas-latency-lut"
 LUT_VERSION = 1
 DEFAULT_RUNS = 20
 DEFAULT_WARMUP = 5
 CALIBRATION_WARN_PCT = 25.0  # build-lut warns when the calibration networks are this far (%) from the fit
-# Mixer parameters that do not change a forward pass's cost: left out of block keys.
-COST_FREE_PARAMS = frozenset({"gamma"})
 # Fields of the space every architecture shares; a table answers only for architectures that match them.
 GEOMETRY_FIELDS = ("input_size", "in_chans", "num_classes", "patch_size", "layout", "pos_embed", "stem_norm")
 
@@ -80,40 +77,17 @@ GEOMETRY_FIELDS = ("input_size", "in_chans", "num_classes", "patch_size", "layou
 ComponentCall = Callable[[nn.Module, Tensor], Tensor]
 
 
-class LUTError(ValueError):
-    """A latency table is missing, corrupt or from another version, or lacks a component an architecture uses.
-
-    The message is one line naming the file (when there is one) and the component or field.
-    """
-
-
 # ---------------------------------------------------------------------------------------- component keys
-def _heads_matter(mixer: MixerConfig) -> bool:
-    return mixer.type in ("window_attn", "refiner", "dge") or (mixer.type == "dyn_dwconv" and bool(mixer.inhomogeneous))
-
-
-def _shifts(mixer: MixerConfig, resolution: int) -> bool:
-    """True when odd blocks roll the map and mask the borders (a window smaller than the map)."""
-    return mixer.type in ("window_attn", "refiner") and mixer.window_size is not None and mixer.window_size < resolution
-
-
 def mixer_key(mixer: MixerConfig, resolution: int) -> str:
-    """The mixer and the parameters that change its cost, e.g. ``dwconv(kernel_size=5)``.
+    """The mixer and the parameters that change its cost (its spec's ``cost_key``), e.g. ``dwconv(kernel_size=5)``.
 
     Args:
         mixer: the mixer.
         resolution: its stage's resolution (tokens on a side); a larger window is global attention.
     """
-    parts = []
-    for name in MIXER_PARAMS[mixer.type]:
-        if name in COST_FREE_PARAMS:
-            continue
-        value = getattr(mixer, name)
-        if name == "window_size":
-            value = min(value, resolution)
-        elif isinstance(value, tuple):
-            value = "-".join(str(v) for v in value)
-        parts.append(f"{name}={value}")
+    params = mixer.spec.cost_key(mixer, resolution)
+    parts = [f"{name}={'-'.join(str(v) for v in value) if isinstance(value, tuple) else value}"
+             for name, value in params.items()]
     return f"{mixer.type}({','.join(parts)})"
 
 
@@ -139,8 +113,8 @@ def block_key(stage_index: int, resolution: int, stage: StageConfig, block_index
         block_index: the block's index within the stage (its parity matters for shifted windows).
     """
     m = stage.mixer
-    heads = f"/h{stage.heads}" if _heads_matter(m) else ""
-    shifted = "/shifted" if _shifts(m, resolution) and block_index % 2 else ""
+    heads = f"/h{stage.heads}" if m.spec.heads_matter(m) else ""
+    shifted = "/shifted" if m.spec.shifted(m, resolution, block_index) else ""
     return (
         f"block/s{stage_index}/res{resolution}/{mixer_key(m, resolution)}/c{stage.dim}{heads}"
         f"/r{stage.mlp_ratio:g}/{stage.ffn.short()}{shifted}"
@@ -181,46 +155,48 @@ class _ComponentRunner(nn.Module):
         return self.call(self.component, self.inputs)
 
 
-class _Stem(nn.Module):
-    """MixerNet's stem at one width: conv k = stride = patch, channels-last, LayerNorm, position embedding.
+def _with_dim(space: SearchSpace, stage_index: int, dim: int) -> ArchConfig:
+    """The space's smallest architecture with stage ``stage_index`` at width ``dim`` (to take its stem or
+    head: a component is measured as the network's own module, running the network's own code)."""
+    arch = space.smallest()
+    stages = list(arch.stages)
+    stages[stage_index] = replace(stages[stage_index], dim=dim)
+    return replace(arch, stages=tuple(stages))
+
+
+class _Part(nn.Module):
+    """Some of a network's own modules, run by the network's own method (``MixerNet.embed`` or ``classify``).
 
     Args:
-        space: supplies in_chans, patch_size, stem_norm and pos_embed.
-        dim: output width C.
-        resolution: tokens on a side after the stem.
+        model: the network they come from.
+        names: the attributes to keep (modules or parameters).
+        method: the MixerNet method that runs them.
     """
 
-    def __init__(self, space: SearchSpace, dim: int, resolution: int) -> None:
+    def __init__(self, model: MixerNet, names: tuple[str, ...], method: Callable[..., Tensor]) -> None:
         super().__init__()
-        p = space.patch_size
-        self.patch_embed = ElasticConv2d(space.in_chans, dim, p, stride=p, same_padding=False)
-        self.norm = ElasticLayerNorm(dim) if space.stem_norm else None
-        self.pos_embed = nn.Parameter(torch.zeros(1, resolution, resolution, dim)) if space.pos_embed else None
+        for name in names:
+            setattr(self, name, getattr(model, name))
+        self.method = method
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C_in, H, W) images -> (B, H/p, W/p, C) tokens."""
-        x = self.patch_embed(x).permute(0, 2, 3, 1)
-        if self.norm is not None:
-            x = self.norm(x)
-        return x if self.pos_embed is None else x + self.pos_embed
+    def forward(self, *args: Any) -> Tensor:
+        return self.method(self, *args)
 
 
-class _Head(nn.Module):
-    """MixerNet's head at one width: LayerNorm, global average pool, Linear(C, num_classes).
+def _stem_builder(space: SearchSpace, dim: int) -> Callable[[], tuple[nn.Module, ComponentCall]]:
+    def build() -> tuple[nn.Module, ComponentCall]:
+        part = _Part(build_model(_with_dim(space, 0, dim)), ("patch_embed", "stem_norm", "pos_embed"), MixerNet.embed)
+        return part, lambda module, x: module(x, dim)
 
-    Args:
-        dim: last-stage width C.
-        num_classes: classifier outputs.
-    """
+    return build
 
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = ElasticLayerNorm(dim)
-        self.fc = ElasticLinear(dim, num_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, H, W, C) tokens -> (B, num_classes) logits."""
-        return self.fc(self.norm(x).mean((1, 2)))
+def _head_builder(space: SearchSpace, dim: int) -> Callable[[], tuple[nn.Module, ComponentCall]]:
+    def build() -> tuple[nn.Module, ComponentCall]:
+        part = _Part(build_model(_with_dim(space, len(space.stages) - 1, dim)), ("norm", "head"), MixerNet.classify)
+        return part, lambda module, x: module(x)
+
+    return build
 
 
 @dataclass(frozen=True)
@@ -253,8 +229,8 @@ def _block_builder(
     space: SearchSpace, stage: StageConfig, resolution: int, block_index: int
 ) -> Callable[[], tuple[nn.Module, ComponentCall]]:
     def build() -> tuple[nn.Module, ComponentCall]:
-        block = Block(_exact_limits(space, stage, resolution))
-        return block, lambda module, x: module(x, stage, block_index, 0.0)
+        block = Block(_exact_limits(space, stage, resolution), space.layer_norm_eps)
+        return block, lambda module, x: module(x, stage, block_index, 0.0)[0]
 
     return build
 
@@ -276,7 +252,7 @@ def space_components(space: SearchSpace, batch_size: int = 1) -> list[_Component
     for dim in space.stages[0].dims:
         add(_Component(
             stem_key(res0, dim), "stem", 0, (b, space.in_chans, space.input_size, space.input_size),
-            lambda dim=dim: (_Stem(space, dim, res0), lambda module, x: module(x)),
+            _stem_builder(space, dim),
         ))
     for i, (st, res) in enumerate(zip(space.stages, resolutions)):
         if i > 0 and space.layout == "hierarchical":
@@ -285,7 +261,8 @@ def space_components(space: SearchSpace, batch_size: int = 1) -> list[_Component
                     add(_Component(
                         merge_key(i, resolutions[i - 1], in_dim, out_dim), "merge", i,
                         (b, resolutions[i - 1], resolutions[i - 1], in_dim),
-                        lambda i_=in_dim, o=out_dim: (PatchMerging(i_, o), lambda module, x, o=o: module(x, o)),
+                        lambda i_=in_dim, o=out_dim: (PatchMerging(i_, o, space.layer_norm_eps),
+                                                      lambda module, x, o=o: module(x, o)),
                     ))
         for m in st.mixers:
             for opt in m.options():
@@ -294,7 +271,7 @@ def space_components(space: SearchSpace, batch_size: int = 1) -> list[_Component
                         for ratio in st.mlp_ratios:
                             for ffn in st.ffns_for(m.type):
                                 stage = StageConfig(1, dim, heads, ratio, ffn, opt)
-                                for parity in (0, 1) if _shifts(opt, res) else (0,):
+                                for parity in (0, 1) if opt.spec.shifted(opt, res, 1) else (0,):
                                     add(_Component(
                                         block_key(i, res, stage, parity), "block", i, (b, res, res, dim),
                                         _block_builder(space, stage, res, parity),
@@ -303,7 +280,7 @@ def space_components(space: SearchSpace, batch_size: int = 1) -> list[_Component
     for dim in space.stages[-1].dims:
         add(_Component(
             head_key(resolutions[-1], dim), "head", last, (b, resolutions[-1], resolutions[-1], dim),
-            lambda dim=dim: (_Head(dim, space.num_classes), lambda module, x: module(x)),
+            _head_builder(space, dim),
         ))
     return list(out.values())
 
@@ -659,71 +636,7 @@ def build_latency_table(
     return table
 
 
-# ------------------------------------------------------------------------------------------------ command
-def cmd_build_lut(args: argparse.Namespace) -> int:
-    """``mixnas latency build-lut``: build a table for a space and write it as JSON; returns the exit status."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise LUTError("--device cuda: CUDA is not available on this machine; use --device cpu")
-    space = SearchSpace.from_yaml(args.space)
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
-    table = build_latency_table(
-        space, device=args.device, batch_size=args.batch_size, runs=args.runs,
-        warmup=getattr(args, "warmup", DEFAULT_WARMUP), calibration_archs=getattr(args, "calibration_archs", 8),
-        seed=args.seed, progress=not args.quiet, max_seconds_per_entry=getattr(args, "max_seconds", None),
-        passes=getattr(args, "passes", 1),
-    )
-    table.save(args.out)
-    cal = table.calibration
-    print(
-        f"wrote {args.out}: {len(table.entries)} components on {table.device}, batch {table.batch_size}; "
-        f"calibration: {cal['scale']:.3f} x sum {cal['offset_ms']:+.3f} ms ({cal['fit']}, "
-        f"{cal['mape_pct']:.1f}% error on {len(cal['points'])} networks); built in {table.meta['build_seconds']} s"
-    )
-    if cal["mape_pct"] > CALIBRATION_WARN_PCT:
-        print(
-            f"warning: the calibration networks lie {cal['mape_pct']:.0f}% from the calibrated component sums; "
-            f"the device was probably busy: rebuild with --passes 3"
-            + (" --threads 1" if table.device_type == "cpu" else "") + " when it is quieter",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def add_lut_parser(subparsers: Any) -> None:
-    """Add ``latency build-lut`` to the ``mixnas`` command's subparsers.
-
-    Args:
-        subparsers: the object ``ArgumentParser.add_subparsers()`` returned.
-    """
-    from mixnas.cli import positive_float, positive_int
-
-    actions = subparsers.add_parser("latency", help="latency lookup tables").add_subparsers(
-        dest="latency_command", required=True, metavar="ACTION"
-    )
-    p = actions.add_parser(
-        "build-lut", help="measure every block choice of a space on a device, for latency prediction elsewhere"
-    )
-    p.add_argument("--space", required=True, type=Path, help="search space YAML")
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where latency is measured")
-    p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
-    p.add_argument("--out", required=True, type=Path, help="the table (JSON) to write")
-    p.add_argument("--runs", type=positive_int, default=DEFAULT_RUNS, help="timed runs per component (median)")
-    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed runs before them")
-    p.add_argument("--calibration-archs", type=positive_int, default=8,
-                   help="random networks measured whole to calibrate (besides the largest and smallest)")
-    p.add_argument("--max-seconds", type=positive_float, default=None,
-                   help="cap on the timed runs of one component (s); at least 5 runs")
-    p.add_argument("--passes", type=positive_int, default=1,
-                   help="measure everything this many times in alternating order, keep the median (3 on a busy CPU)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (default: torch's own); the table holds for this count")
-    p.add_argument("--seed", type=int, default=0, help="seeds the calibration networks and initialisation")
-    p.add_argument("--quiet", action="store_true", help="no component count or progress bar")
-    p.set_defaults(func=cmd_build_lut)
-
-
 __all__ = [
-    "LUTError", "LatencyTable", "add_lut_parser", "arch_components", "build_latency_table", "cmd_build_lut",
-    "fit_calibration", "measure_network_ms", "space_components",
+    "LUTError", "LatencyTable", "arch_components", "build_latency_table", "fit_calibration", "measure_network_ms",
+    "space_components",
 ]

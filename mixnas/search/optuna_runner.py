@@ -4,6 +4,11 @@
 shared ``CandidateEvaluator`` and tells the objectives back; limits are Optuna constraints (the samplers
 rank infeasible trials behind feasible ones; infeasible trials never enter a Pareto front).
 
+Repeats: a sampler may suggest an architecture it has already been told about. Such a trial is told
+the values recorded for that architecture (so the sampler learns nothing false), marked
+``duplicate_of`` the first trial, and neither takes one of the N trial slots nor appears in the trial
+table, so the table, the front and export list each architecture once.
+
 Resuming: the study lives in ``RUN_DIR/search/journal.log``. Stopping the process at any moment and
 running the same command again continues: finished trials are kept; a trial that was running when the
 process stopped is marked failed ("interrupted") and its architecture is queued again, so it is
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,44 +31,26 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from mixnas.results.pareto import pareto_mask
-from mixnas.results.store import TRIAL_COLUMNS, save_trials
-from mixnas.search.evaluator import (
-    SEARCH_DIR,
-    SETTINGS_FILE,
-    CandidateEvaluator,
-    EvalSettings,
-    load_settings,
-    save_settings,
+from mixnas.errors import ConfigError
+from mixnas.run_dir import RunDir
+from mixnas.search._shared import (
+    Limits,
+    SearchSettings,
+    optuna_directions,
+    reference_rows,
+    score,
+    trial_record,
 )
-from mixnas.search.trials import Limits, failure_reason, objective_values, optuna_directions, trial_record
-from mixnas.search_space import ArchConfig, ConfigError, SearchSpace
+from mixnas.search.evaluator import CandidateEvaluator, EvalSettings, load_settings, save_settings
+from mixnas.search_space import ArchConfig
+from mixnas.trials import TRIAL_COLUMNS, save_trials
 
 STUDY_NAME = "mixnas"
-JOURNAL_FILE = "journal.log"
 SAMPLERS = ["nsga2", "tpe", "random", "gp"]
 INTERRUPTED = "interrupted: the search process stopped while evaluating it"
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """What to search for and how to sample.
-
-    Args:
-        trials: finished trials to reach (complete or failed).
-        objectives: canonical objective names (accuracy, gflops, params, latency).
-        sampler: nsga2 | tpe | random | gp.
-        limits: cost limits, as constraints.
-        seed: the sampler's seed.
-        references: also evaluate the space's hand-designed references (every stage one mixer, largest sizes).
-    """
-
-    trials: int
-    objectives: tuple[str, ...] = ("accuracy", "gflops", "latency")
-    sampler: str = "nsga2"
-    limits: Limits = Limits()
-    seed: int = 0
-    references: bool = True
+DUPLICATE = "duplicate_of"
+# Consecutive repeats after which the space is taken to be exhausted (every architecture tried).
+MAX_CONSECUTIVE_REPEATS = 200
 
 
 def make_sampler(name: str, trials: int, seed: int) -> optuna.samplers.BaseSampler:
@@ -91,7 +78,7 @@ def tell_constraints(trial: optuna.trial.Trial, limits: Limits, result: dict[str
 
 def open_study(run_dir: Path, settings: SearchSettings) -> optuna.Study:
     """Create or load the study in ``RUN_DIR/search/journal.log``; refuse a study with other objectives."""
-    path = run_dir / SEARCH_DIR / JOURNAL_FILE
+    path = RunDir(run_dir).journal
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(path)))
     sampler = make_sampler(settings.sampler, settings.trials, settings.seed)
@@ -115,13 +102,13 @@ def open_study(run_dir: Path, settings: SearchSettings) -> optuna.Study:
 
 def check_settings(run_dir: Path, settings: EvalSettings) -> None:
     """A resumed search must score candidates as before; the first run records how."""
-    if (run_dir / SEARCH_DIR / SETTINGS_FILE).is_file():
+    if RunDir(run_dir).eval_settings_file.is_file():
         previous = load_settings(run_dir)
         if previous.cache_key() != settings.cache_key():
             changed = [k for k, v in asdict(settings).items()
                        if getattr(previous, k) != v and k != "latency_max_seconds"]
             raise ConfigError(
-                f"{run_dir / SEARCH_DIR / SETTINGS_FILE}: this search scored candidates with other settings "
+                f"{RunDir(run_dir).eval_settings_file}: this search scored candidates with other settings "
                 f"({', '.join(changed)}); use the same options or another run directory"
             )
     save_settings(run_dir, settings)
@@ -140,20 +127,38 @@ def recover_interrupted(study: optuna.Study) -> int:
     return len(stale)
 
 
+def _counted(t: optuna.trial.FrozenTrial, interrupted: set[int]) -> bool:
+    """Trials that count towards the total: complete, or failed for a reason other than interruption;
+    repeats of an architecture never count."""
+    if DUPLICATE in t.user_attrs:
+        return False
+    return t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in interrupted)
+
+
 def finished_count(study: optuna.Study) -> int:
-    """Trials that count towards the total: complete, or failed for a reason other than interruption."""
+    """Trials that count towards the total (``_counted``)."""
     interrupted = set(study.user_attrs.get("interrupted", []))
-    return sum(
-        1 for t in study.get_trials(deepcopy=False)
-        if t.state == TrialState.COMPLETE or (t.state == TrialState.FAIL and t.number not in interrupted)
-    )
+    return sum(1 for t in study.get_trials(deepcopy=False) if _counted(t, interrupted))
+
+
+def first_trials_by_arch(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """arch_id -> the first finished (complete or failed, not interrupted) trial that scored it."""
+    interrupted = set(study.user_attrs.get("interrupted", []))
+    out: dict[str, optuna.trial.FrozenTrial] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        arch_id = t.user_attrs.get("arch_id")
+        if arch_id and arch_id not in out and t.number not in interrupted and DUPLICATE not in t.user_attrs:
+            out[arch_id] = t
+    return out
 
 
 def study_table(study: optuna.Study, limits: Limits) -> pd.DataFrame:
-    """The trial table (``TRIAL_COLUMNS``) of every trial in the study."""
+    """The trial table (``TRIAL_COLUMNS``) of every trial in the study, repeats of an architecture left out."""
     rows = []
     interrupted = set(study.user_attrs.get("interrupted", []))
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)):
+        if DUPLICATE in t.user_attrs:
+            continue
         arch = ArchConfig.from_dict(json.loads(t.user_attrs["arch"])) if "arch" in t.user_attrs else None
         result = t.user_attrs.get("result")
         state = t.state.name
@@ -163,21 +168,21 @@ def study_table(study: optuna.Study, limits: Limits) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
-def reference_rows(space: SearchSpace, evaluator: CandidateEvaluator, limits: Limits, backend: str,
-                   progress: bool = True) -> list[dict[str, Any]]:
-    """The space's hand-designed references (every stage one mixer, at the largest sizes), scored alike."""
-    rows = []
-    kinds = space.mixer_types()
-    for i, mixer in enumerate(tqdm(kinds, desc="references", disable=not progress, leave=False)):
-        arch = space.largest(mixer).with_name(f"all {mixer}")
-        try:
-            result = evaluator.evaluate(arch)
-            rows.append(trial_record(-(i + 1), "COMPLETE", arch, result, limits.feasible(result), "", backend,
-                                     is_reference=True, label=f"all {mixer}"))
-        except Exception as e:  # a reference that cannot run is reported, not fatal
-            rows.append(trial_record(-(i + 1), "FAIL", arch, None, False, failure_reason(e), backend,
-                                     is_reference=True, label=f"all {mixer}"))
-    return rows
+def front_size(study: optuna.Study) -> int:
+    """Distinct architectures on the study's feasible Pareto front (Optuna's ``best_trials``)."""
+    return len({t.user_attrs.get("arch_id") for t in study.best_trials})
+
+
+def _tell_repeat(study: optuna.Study, trial: optuna.trial.Trial, first: optuna.trial.FrozenTrial) -> None:
+    """Tell a repeated architecture what its first trial was told, marked as a repeat of it."""
+    trial.set_user_attr(DUPLICATE, first.number)
+    if first.state == TrialState.COMPLETE:
+        for key, value in (first.constraints or {}).items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("constraints", list(first.user_attrs.get("constraints", [])))
+        study.tell(trial, first.values)
+    else:
+        study.tell(trial, state=TrialState.FAIL)
 
 
 def run_optuna_search(
@@ -191,6 +196,7 @@ def run_optuna_search(
     recover_interrupted(study)
     objectives = list(settings.objectives)
     done = finished_count(study)
+    seen = first_trials_by_arch(study)
     references: list[dict[str, Any]] = []
 
     def save() -> pd.DataFrame:
@@ -203,29 +209,44 @@ def run_optuna_search(
     bar = tqdm(total=settings.trials, initial=min(done, settings.trials), desc="search", unit="trial",
                disable=not progress, dynamic_ncols=True)
     table = save()
+    repeats = 0
     while done < settings.trials:
         trial = study.ask()
         arch = evaluator.space.suggest(trial)
         trial.set_user_attr("arch", arch.canonical_json())
-        try:
-            result = evaluator.evaluate(arch)
-            values = objective_values(objectives, result)
-        except Exception as e:  # a failing candidate is recorded and the search goes on
-            trial.set_user_attr("failure_reason", failure_reason(e))
-            study.tell(trial, state=TrialState.FAIL)
+        trial.set_user_attr("arch_id", arch.arch_id)
+        if arch.arch_id in seen:
+            _tell_repeat(study, trial, seen[arch.arch_id])
+            repeats += 1
+            if repeats >= MAX_CONSECUTIVE_REPEATS:
+                bar.write(f"search: the sampler repeated known architectures {repeats} times in a row; the space "
+                          f"holds about {len(seen)} distinct ones, stopping at {done} trials")
+                break
+            continue
+        repeats = 0
+        result, values, reason = score(evaluator.evaluate, arch, objectives)
+        if result is None:
+            trial.set_user_attr("failure_reason", reason)
+            frozen = study.tell(trial, state=TrialState.FAIL)
         else:
-            result = {k: v for k, v in result.items() if k != "cached"}
             trial.set_user_attr("result", result)
             tell_constraints(trial, settings.limits, result)
-            study.tell(trial, values)
+            frozen = study.tell(trial, values)
+        seen[arch.arch_id] = frozen
         done += 1
         table = save()
-        front = int(pareto_mask(table, objectives).sum())
-        bar.set_postfix(pareto=front, last=f"{table.iloc[-1]['accuracy']:.1f}%"
-                        if math.isfinite(table.iloc[-1]["accuracy"]) else "failed")
+        last = table[table["number"] == trial.number]["accuracy"]
+        bar.set_postfix(pareto=front_size(study),
+                        last=f"{float(last.iloc[0]):.1f}%" if len(last) and math.isfinite(last.iloc[0]) else "failed")
         bar.update()
     bar.close()
     if settings.references:
-        references.extend(reference_rows(evaluator.space, evaluator, settings.limits, "optuna", progress))
+        references.extend(reference_rows(evaluator.space, evaluator.evaluate, settings.limits, "optuna", progress))
         table = save()
     return table
+
+
+__all__ = [
+    "DUPLICATE", "INTERRUPTED", "SAMPLERS", "SearchSettings", "check_settings", "finished_count", "make_sampler",
+    "open_study", "recover_interrupted", "run_optuna_search", "study_table",
+]

@@ -11,6 +11,8 @@ On top of fvcore's default handles this module registers:
   q @ k^T and attn @ v, so the fused and the explicit ``softmax(q @ k^T) @ v`` paths give the same
   count; the softmax, scale, mask and dropout are free, as they are on the explicit path.
 - ``aten::baddbmm``: a batched matmul plus a free add.
+- ``aten::addcmul``: one multiply-add per output element (the inhomogeneous dynamic conv accumulates its
+  per-position kernels with it, offset by offset).
 - ``aten::matmul``: replaces fvcore's handle, which takes the batch dimensions from the first operand
   only (it undercounts when the second operand broadcasts over more batch dimensions) and asserts on
   1-D operands; counted from the output shape instead.
@@ -54,6 +56,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.jit import TracerWarning
+
+from mixnas.device import resolve_device
 
 # fvcore's import pulls in iopath/portalocker (DeprecationWarning) and runs torch.jit.script on its
 # loss functions (FutureWarning on recent torch); neither concerns us, and filtering here keeps the
@@ -109,6 +113,11 @@ def _matmul_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     return math.prod(out_shape) * a_shape[-1]
 
 
+def _addcmul_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
+    """Multiply-adds of ``aten::addcmul(self, t1, t2)`` (self + t1 * t2): one per output element."""
+    return math.prod(get_shape(outputs[0]))
+
+
 def _baddbmm_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     """Multiply-adds of ``aten::baddbmm(self, b1 (B, N, M), b2 (B, M, P))``: B*N*M*P; the add is free."""
     b, n, m = get_shape(inputs[1])
@@ -120,6 +129,7 @@ _EXTRA_FLOP_HANDLES = {
     "aten::scaled_dot_product_attention": _sdpa_flop_jit,
     "aten::matmul": _matmul_flop_jit,
     "aten::baddbmm": _baddbmm_flop_jit,
+    "aten::addcmul": _addcmul_flop_jit,
 }
 
 # Ops counted as zero FLOPs. fvcore already ignores pure shape/copy ops (view, permute, cat, roll,
@@ -308,21 +318,8 @@ class LatencyStats:
 
 
 def _resolve_device(device: str) -> torch.device:
-    """Parses `device`, raising ValueError for anything but an available "cpu" or "cuda[:N]"."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from err
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but CUDA is not available on this machine; use device='cpu'")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} but this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    return dev
+    """Parses `device` ("cpu" or an available "cuda[:N]"); ConfigError (a ValueError) otherwise."""
+    return resolve_device(device, option="device")
 
 
 def _cpu_model() -> str:

@@ -54,17 +54,17 @@ from ray.tune.search.optuna import OptunaSearch
 from tqdm.auto import tqdm
 
 from mixnas.atomic import atomic_write_text
-from mixnas.results.pareto import OBJECTIVES, objective_column
-from mixnas.results.store import TRIAL_COLUMNS, save_trials
-from mixnas.search.evaluator import SEARCH_DIR, CandidateEvaluator, EvalSettings
-from mixnas.search.optuna_runner import SearchSettings, check_settings, make_sampler, reference_rows
-from mixnas.search.trials import Limits, failure_reason, objective_values, trial_record
-from mixnas.search_space import ArchConfig, ConfigError, SearchSpace
-from mixnas.supernet.checkpoint import CheckpointError
-from mixnas.supernet.training import WEIGHTS_FILE, read_space
+from mixnas.errors import CheckpointError, ConfigError
+from mixnas.run_dir import RunDir
+from mixnas.search._shared import Limits, SearchSettings, failure_reason, reference_rows, score, trial_record
+from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
+from mixnas.search.optuna_runner import check_settings, make_sampler
+from mixnas.search_space import ArchConfig, SearchSpace
+from mixnas.training import read_space
+from mixnas.trials import OBJECTIVES, TRIAL_COLUMNS, objective_column, save_trials
 
-EXPERIMENT_NAME = "ray"
-SETTINGS_FILE = "mixnas_search.json"
+EXPERIMENT_NAME = RunDir.RAY
+SETTINGS_FILE = RunDir.RAY_SETTINGS
 RUN_KEY = "mixnas_run"
 FAILED = "failed"
 CONSTRAINT_PREFIX = "constraint."  # one result key per limit: "constraint.max_gflops" (flat, as Tune keeps it)
@@ -142,12 +142,10 @@ def evaluate_candidate(
     evaluator = shared_evaluator(run_dir, evaluation)
     arch = ArchConfig.from_dict(json.loads(config["arch"]))
     report: dict[str, Any] = {"arch_id": arch.arch_id}
-    try:
-        result = evaluator.evaluate(arch)
-        objective_values(list(objectives), result)  # raises on a NaN objective
-    except Exception as e:  # a failing candidate is recorded and the search goes on
+    result, _, reason = score(evaluator.evaluate, arch, list(objectives))
+    if result is None:  # a failing candidate is recorded and the search goes on
         report.update({objective_column(o): math.nan for o in objectives})
-        report.update({FAILED: True, "failure_reason": failure_reason(e)})
+        report.update({FAILED: True, "failure_reason": reason})
     else:
         report.update(result)
         report.update({FAILED: False, "failure_reason": ""})
@@ -470,12 +468,13 @@ def run_ray_search(
             settings, or a local Ray instance cannot give a trial the resources it asks for.
     """
     run_dir = Path(run_dir).resolve()
+    run = RunDir(run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = read_space(run_dir)
-    if not (run_dir / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{run_dir / WEIGHTS_FILE}: missing; train the supernet first (mixnas supernet train)")
-    storage = run_dir / SEARCH_DIR
-    experiment = storage / EXPERIMENT_NAME
+    space = read_space(run)
+    if not run.weights.is_file():
+        raise CheckpointError(f"{run.weights}: missing; train the supernet first (mixnas supernet train)")
+    storage = run.search_dir
+    experiment = run.ray_dir
     check_experiment(experiment, settings)
     check_settings(run_dir, evaluation)  # as the Optuna runner: a search scores all its candidates alike
 
@@ -513,7 +512,7 @@ def run_ray_search(
         raise KeyboardInterrupt("the Ray Tune search was interrupted; running it again restores it")
     if settings.references:
         evaluator = CandidateEvaluator(run_dir, evaluation)
-        references = reference_rows(space, evaluator, settings.limits, "ray", progress)
+        references = reference_rows(space, evaluator.evaluate, settings.limits, "ray", progress)
         table = pd.concat([table, pd.DataFrame(references, columns=TRIAL_COLUMNS)], ignore_index=True)
         save_trials(table, run_dir)
     return table

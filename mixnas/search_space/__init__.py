@@ -1,18 +1,23 @@
-"""Architectures (ArchConfig, the export format) and search spaces (SearchSpace)."""
+"""Architectures (ArchConfig, the export format), search spaces (SearchSpace) and the mixer registry."""
 
-from mixnas.search_space.arch import (
-    FFN_TYPES,
-    MIXER_PARAMS,
-    MIXER_TYPES,
-    ArchConfig,
-    FFNConfig,
-    MixerConfig,
-    StageConfig,
+from mixnas.errors import ConfigError
+from mixnas.search_space.arch import FFN_TYPES, ArchConfig, FFNConfig, MixerConfig, StageConfig
+from mixnas.search_space.registry import (
+    BoolParam,
+    FloatParam,
+    IntParam,
+    MixerSpec,
+    Param,
+    SetParam,
+    get_mixer,
+    mixer_names,
+    register_mixer,
+    unregister_mixer,
 )
-from mixnas.search_space.errors import ConfigError
 from mixnas.search_space.space import MixerChoices, SearchSpace, StageChoices
 
 __all__ = [
-    "ArchConfig", "ConfigError", "FFNConfig", "FFN_TYPES", "MIXER_PARAMS", "MIXER_TYPES", "MixerChoices",
-    "MixerConfig", "SearchSpace", "StageChoices", "StageConfig",
+    "FFN_TYPES", "ArchConfig", "BoolParam", "ConfigError", "FFNConfig", "FloatParam", "IntParam", "MixerChoices",
+    "MixerConfig", "MixerSpec", "Param", "SearchSpace", "SetParam", "StageChoices", "StageConfig", "get_mixer",
+    "mixer_names", "register_mixer", "unregister_mixer",
 ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from mixnas.search_space.errors import ConfigError
+from mixnas.errors import ConfigError
 
 _MISSING = object()
 
@@ -60,8 +61,8 @@ def as_float(
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{field}: expected a number, got {value!r} ({type_name(value)})")
     value = float(value)
-    if value != value:  # NaN
-        raise ConfigError(f"{field}: NaN is not allowed")
+    if not math.isfinite(value):  # YAML's .nan and .inf
+        raise ConfigError(f"{field}: {value} is not allowed; give a finite number")
     if low is not None and (value <= low if low_open else value < low):
         raise ConfigError(f"{field}: {value} is out of range; must be {'>' if low_open else '>='} {low}")
     if high is not None and value > high:

@@ -29,10 +29,8 @@ from typing import Any
 import yaml
 
 from mixnas.atomic import atomic_write_text
+from mixnas.errors import ConfigError
 from mixnas.search_space._fields import (
-    as_bool,
-    as_float,
-    as_int,
     check_keys,
     read_bool,
     read_choice,
@@ -40,81 +38,63 @@ from mixnas.search_space._fields import (
     read_int,
     read_list,
 )
-from mixnas.search_space.errors import ConfigError
+from mixnas.search_space.registry import MixerSpec, get_mixer, mixer_names
 
-MIXER_TYPES = ["window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"]
 FFN_TYPES = ["mlp", "local"]
 LAYOUTS = ["hierarchical", "isotropic"]
-
-# Each mixer's own parameters: name -> default. The parser below gives each its type and range.
-MIXER_PARAMS: dict[str, dict[str, Any]] = {
-    "window_attn": {"window_size": 7, "rel_pos_bias": True},
-    "dwconv": {"kernel_size": 7},
-    "dyn_dwconv": {"kernel_size": 7, "inhomogeneous": False},
-    "refiner": {"window_size": 7, "expansion_ratio": 3, "kernel_size": 3, "rel_pos_bias": True},
-    "dge": {"granularities": (1, 2, 4), "gamma": 0.5, "kv_reduction": 1},
-}
-# Mixers with no norm before them and a BatchNorm before the FFN (DWNet).
-CONV_MIXERS = ("dwconv", "dyn_dwconv")
-ATTENTION_MIXERS = ("window_attn", "refiner")
-
-
-def parse_mixer_param(mixer: str, name: str, value: Any, field_path: str) -> Any:
-    """Check one mixer parameter's type and range; returns its canonical value."""
-    if name in ("window_size", "expansion_ratio", "kv_reduction"):
-        return as_int(value, field_path, 1)
-    if name == "kernel_size":
-        k = as_int(value, field_path, 1)
-        if k % 2 == 0:
-            raise ConfigError(f"{field_path}: {k} is even; kernel sizes must be odd (1, 3, 5, 7, ...)")
-        return k
-    if name in ("rel_pos_bias", "inhomogeneous"):
-        return as_bool(value, field_path)
-    if name == "gamma":
-        return as_float(value, field_path, 0.0, 1.0, low_open=True)
-    if name == "granularities":
-        if not isinstance(value, (list, tuple)) or not value:
-            raise ConfigError(f"{field_path}: expected a non-empty list of integers such as [1, 2, 4]")
-        gs = tuple(as_int(g, f"{field_path}[{i}]", 1) for i, g in enumerate(value))
-        if len(set(gs)) != len(gs):
-            raise ConfigError(f"{field_path}: {list(gs)} repeats a granularity")
-        gs = tuple(sorted(gs))
-        region = gs[-1]
-        bad = [g for g in gs if region % g]
-        if bad:
-            raise ConfigError(
-                f"{field_path}: granularity {bad[0]} does not divide the region size {region} "
-                f"(the largest granularity); each must divide it, e.g. [1, 2, 4]"
-            )
-        return gs
-    raise ConfigError(f"{field_path}: unknown parameter for mixer {mixer!r}")  # pragma: no cover
+LAYER_NORM_EPS = (1e-5, 1e-6)  # Swin and DWNet use 1e-5; DeiT, LocalViT, Refiner and DGE 1e-6
 
 
 @dataclass(frozen=True)
 class MixerConfig:
-    """A token mixer and its own parameters (only those of its type are set).
+    """A token mixer and its own parameters, in the canonical order its spec declares.
+
+    Build one with ``MixerConfig.of("dwconv", kernel_size=3)`` (unset parameters take their defaults) or
+    ``MixerConfig.from_dict``; read a parameter as an attribute (``mixer.kernel_size``) or with ``get``.
+    The parameters each mixer takes are listed by its spec: ``mixnas.search_space.get_mixer(type).params``.
 
     Args:
-        type: one of window_attn, dwconv, dyn_dwconv, refiner, dge.
-        window_size: window side in tokens (window_attn, refiner); >= the stage resolution is global.
-        rel_pos_bias: learned relative position bias, (2w-1)^2 x heads (window_attn, refiner).
-        kernel_size: depth-wise kernel side (dwconv, dyn_dwconv); the refiner's map-conv kernel side.
-        inhomogeneous: dyn_dwconv predicts a kernel per position and channel group (I-D-DWNet).
-        expansion_ratio: refiner's attention expansion e (heads H -> e*H).
-        granularities: DGE's granularity set; a region is max(set) tokens on a side.
-        gamma: DGE's target ratio of dynamic to static FLOPs for the budget loss.
-        kv_reduction: DGE's spatial reduction of keys and values (r x r average pooling).
+        type: a registered mixer name (``mixnas.search_space.mixer_names()``).
+        params: (name, value) pairs of every parameter of that mixer.
     """
 
     type: str
-    window_size: int | None = None
-    rel_pos_bias: bool | None = None
-    kernel_size: int | None = None
-    inhomogeneous: bool | None = None
-    expansion_ratio: int | None = None
-    granularities: tuple[int, ...] | None = None
-    gamma: float | None = None
-    kv_reduction: int | None = None
+    params: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, type: str, **values: Any) -> MixerConfig:
+        """A mixer of ``type`` with ``values`` (already valid); its other parameters at their defaults."""
+        spec = get_mixer(type)
+        names = {p.name for p in spec.params}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TypeError(f"mixer {type!r} has no parameter {unknown[0]!r}; it has {sorted(names)}")
+        return cls(type, tuple((p.name, values.get(p.name, p.default)) for p in spec.params))
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names that are not fields: a mixer parameter (``mixer.window_size``).
+        if name.startswith("__"):
+            raise AttributeError(name)
+        for key, value in self.__dict__.get("params", ()):
+            if key == name:
+                return value
+        raise AttributeError(f"mixer {self.__dict__.get('type')!r} has no parameter {name!r}")
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A parameter's value, or ``default`` when this mixer has no such parameter."""
+        return dict(self.params).get(name, default)
+
+    def with_params(self, **values: Any) -> MixerConfig:
+        """The same mixer with some parameters changed (values taken as valid)."""
+        unknown = sorted(set(values) - {n for n, _ in self.params})
+        if unknown:
+            raise TypeError(f"mixer {self.type!r} has no parameter {unknown[0]!r}")
+        return MixerConfig(self.type, tuple((n, values.get(n, v)) for n, v in self.params))
+
+    @property
+    def spec(self) -> MixerSpec:
+        """The registered spec of this mixer's type."""
+        return get_mixer(self.type)
 
     @classmethod
     def from_dict(cls, d: Any, path: str = "mixer") -> MixerConfig:
@@ -122,42 +102,29 @@ class MixerConfig:
             d = {"type": d}
         if not isinstance(d, Mapping):
             raise ConfigError(f"{path}: expected a mapping with 'type', got {d!r}")
-        mtype = read_choice(d, "type", path, MIXER_TYPES)
-        params = MIXER_PARAMS[mtype]
-        check_keys(d, {"type", *params}, f"{path} ({mtype})")
-        values = {
-            name: parse_mixer_param(mtype, name, d.get(name, default), f"{path}.{name}")
-            for name, default in params.items()
-        }
-        return cls(type=mtype, **values)
+        if "type" not in d:
+            raise ConfigError(f"{path}.type: missing; allowed: {', '.join(mixer_names())}")
+        spec = get_mixer(d["type"], f"{path}.type")
+        check_keys(d, {"type", *(p.name for p in spec.params)}, f"{path} ({spec.name})")
+        return cls(spec.name, tuple(
+            (p.name, p.parse(d.get(p.name, p.default), f"{path}.{p.name}")) for p in spec.params
+        ))
 
     def to_dict(self) -> dict[str, Any]:
+        spec = self.spec
         out: dict[str, Any] = {"type": self.type}
-        for name in MIXER_PARAMS[self.type]:
-            value = getattr(self, name)
-            out[name] = list(value) if isinstance(value, tuple) else value
+        for name, value in self.params:
+            out[name] = spec.param(name).to_yaml(value)
         return out
 
     @property
     def region_size(self) -> int:
         """DGE: a region is this many tokens on a side (the largest granularity)."""
-        assert self.granularities is not None
-        return max(self.granularities)
+        return max(self.get("granularities"))
 
     def short(self) -> str:
         """A compact label such as ``win7``, ``dw7``, ``ddw7``, ``ref-w7e3k3`` or ``dge124``."""
-        t = self.type
-        if t == "window_attn":
-            return f"win{self.window_size}" + ("" if self.rel_pos_bias else "-nobias")
-        if t == "dwconv":
-            return f"dw{self.kernel_size}"
-        if t == "dyn_dwconv":
-            return ("iddw" if self.inhomogeneous else "ddw") + str(self.kernel_size)
-        if t == "refiner":
-            return f"ref-w{self.window_size}e{self.expansion_ratio}k{self.kernel_size}"
-        assert self.granularities is not None
-        r = f"-r{self.kv_reduction}" if self.kv_reduction and self.kv_reduction > 1 else ""
-        return "dge" + "".join(str(g) for g in self.granularities) + r
+        return self.spec.label(self)
 
 
 @dataclass(frozen=True)
@@ -227,7 +194,7 @@ class StageConfig:
 STAGE_KEYS = {"depth", "dim", "heads", "mlp_ratio", "ffn", "mixer"}
 TOP_KEYS = {
     "name", "input_size", "in_chans", "num_classes", "patch_size", "layout",
-    "pos_embed", "stem_norm", "drop_path_rate", "stages",
+    "pos_embed", "stem_norm", "drop_path_rate", "layer_norm_eps", "stages",
 }
 
 
@@ -267,35 +234,13 @@ def check_stage(stage: StageConfig, resolution: int, path: str) -> None:
         raise ConfigError(f"{path}.heads: dim {stage.dim} is not divisible by heads {stage.heads}")
     if stage.hidden_dim < 1:
         raise ConfigError(f"{path}.mlp_ratio: {stage.mlp_ratio} gives an empty FFN at dim {stage.dim}")
-    m = stage.mixer
-    mp = f"{path}.mixer"
-    if m.type in ATTENTION_MIXERS:
-        w = m.window_size
-        assert w is not None
-        if w < resolution and resolution % w:
-            raise ConfigError(
-                f"{mp}.window_size: {w} does not tile the stage resolution {resolution}x{resolution}; "
-                f"use a divisor of {resolution} or a window >= {resolution} (global attention)"
-            )
-    if m.type == "dyn_dwconv" and stage.dim < 4:
-        raise ConfigError(f"{path}.dim: dyn_dwconv needs dim >= 4 (its kernel generator is dim/4 wide)")
-    if m.type == "dge":
-        s = m.region_size
-        if resolution % s:
-            raise ConfigError(
-                f"{mp}.granularities: region size {s} does not divide the stage resolution "
-                f"{resolution}x{resolution}; use a set whose largest value divides {resolution}"
-            )
-        assert m.kv_reduction is not None
-        if resolution % m.kv_reduction:
-            raise ConfigError(
-                f"{mp}.kv_reduction: {m.kv_reduction} does not divide the stage resolution {resolution}"
-            )
-        if stage.ffn.type == "local":
-            raise ConfigError(
-                f"{path}.ffn: 'local' cannot be combined with mixer dge (DGE runs the FFN on sparse "
-                f"queries, which have no 2-D layout); use ffn: mlp"
-            )
+    spec = stage.mixer.spec
+    if spec.ffn_types is not None and stage.ffn.type not in spec.ffn_types:
+        raise ConfigError(
+            f"{path}.ffn: {stage.ffn.type!r} cannot be combined with mixer {spec.name} (it pairs with "
+            f"{', '.join(spec.ffn_types)} only); use ffn: {spec.ffn_types[0]}"
+        )
+    spec.check(stage.mixer, stage, resolution, f"{path}.mixer")
 
 
 def parse_stage(d: Any, path: str) -> StageConfig:
@@ -306,7 +251,7 @@ def parse_stage(d: Any, path: str) -> StageConfig:
         heads=read_int(d, "heads", path),
         mlp_ratio=read_float(d, "mlp_ratio", path, 4.0, low=0.0, low_open=True),
         ffn=FFNConfig.from_dict(d.get("ffn", "mlp"), f"{path}.ffn"),
-        mixer=MixerConfig.from_dict(d.get("mixer", {"type": "window_attn"}), f"{path}.mixer"),
+        mixer=MixerConfig.from_dict(d.get("mixer", {"type": mixer_names()[0]}), f"{path}.mixer"),
     )
 
 
@@ -324,6 +269,8 @@ class ArchConfig:
         pos_embed: a learned absolute position embedding added after the stem (DeiT).
         stem_norm: a LayerNorm after the stem conv (Swin has it, DeiT does not).
         drop_path_rate: stochastic depth at the last block; rises linearly from 0 over the blocks.
+        layer_norm_eps: epsilon of every LayerNorm: 1e-5 (Swin, DWNet; the default) or 1e-6 (DeiT,
+            LocalViT, Refiner, DGE).
         name: a label; not part of the architecture's identity (``arch_id``).
     """
 
@@ -336,6 +283,7 @@ class ArchConfig:
     pos_embed: bool = False
     stem_norm: bool = True
     drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-5
     name: str | None = field(default=None, compare=False)
 
     # ----------------------------------------------------------------------------------------- parsing
@@ -363,6 +311,7 @@ class ArchConfig:
                 pos_embed=read_bool(d, "pos_embed", "", False),
                 stem_norm=read_bool(d, "stem_norm", "", True),
                 drop_path_rate=read_float(d, "drop_path_rate", "", 0.0, low=0.0, high=0.99),
+                layer_norm_eps=read_float(d, "layer_norm_eps", "", 1e-5, low=0.0, high=0.1, low_open=True),
                 name=name,
             )
             arch.validate()
@@ -404,6 +353,7 @@ class ArchConfig:
             pos_embed=self.pos_embed,
             stem_norm=self.stem_norm,
             drop_path_rate=self.drop_path_rate,
+            layer_norm_eps=self.layer_norm_eps,
             stages=[s.to_dict() for s in self.stages],
         )
         return out

@@ -20,7 +20,8 @@ YAML form (lists are the allowed values; a mixer's parameters are chosen only wh
 
 Every combination of a stage's choices must be a valid architecture (dims divisible by every head
 count, windows and regions tiling the stage), so that every sample builds. The one exception is
-handled, not rejected: a DGE stage only pairs with the ``mlp`` FFN.
+handled, not rejected: a mixer that pairs with some FFNs only (DGE: ``mlp``) is combined with those.
+A mixer's parameters and their parsing come from its registered spec (``mixnas.search_space.registry``).
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ import itertools
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mixnas.errors import ConfigError
 from mixnas.search_space._fields import (
     as_float,
     as_int,
@@ -47,8 +49,6 @@ from mixnas.search_space._fields import (
 )
 from mixnas.search_space.arch import (
     LAYOUTS,
-    MIXER_PARAMS,
-    MIXER_TYPES,
     ArchConfig,
     FFNConfig,
     MixerConfig,
@@ -56,20 +56,10 @@ from mixnas.search_space.arch import (
     _load_file,
     check_geometry,
     check_stage,
-    parse_mixer_param,
 )
-from mixnas.search_space.errors import ConfigError
+from mixnas.search_space.registry import MixerSpec, get_mixer, mixer_names
 
 Rng = random.Random | np.random.Generator | int | None
-
-
-def _encode(value: Any) -> Any:
-    """Optuna categorical values must be scalars: a granularity set becomes ``"1-2-4"``."""
-    return "-".join(str(g) for g in value) if isinstance(value, tuple) else value
-
-
-def _decode(name: str, value: Any) -> Any:
-    return tuple(int(g) for g in value.split("-")) if name == "granularities" else value
 
 
 @dataclass(frozen=True)
@@ -79,18 +69,29 @@ class MixerChoices:
     type: str
     params: tuple[tuple[str, tuple[Any, ...]], ...]
 
+    @property
+    def spec(self) -> MixerSpec:
+        return get_mixer(self.type)
+
     def options(self) -> list[MixerConfig]:
+        """Every configuration of this mixer the stage offers."""
         names = [n for n, _ in self.params]
         return [
-            MixerConfig(type=self.type, **dict(zip(names, combo)))
+            MixerConfig(self.type, tuple(zip(names, combo)))
             for combo in itertools.product(*(vals for _, vals in self.params))
         ]
 
     def values(self, name: str) -> tuple[Any, ...]:
         return dict(self.params)[name]
 
+    def extreme(self, largest: bool) -> MixerConfig:
+        """The costliest (or cheapest) configuration, parameter by parameter as each spec orders cost."""
+        spec = self.spec
+        return MixerConfig(self.type, tuple((n, spec.param(n).extreme(vals, largest)) for n, vals in self.params))
+
     def to_dict(self) -> dict[str, list]:
-        return {n: [list(v) if isinstance(v, tuple) else v for v in vals] for n, vals in self.params}
+        spec = self.spec
+        return {n: [spec.param(n).to_yaml(v) for v in vals] for n, vals in self.params}
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ class StageChoices:
         raise KeyError(mtype)
 
     def ffns_for(self, mtype: str) -> tuple[FFNConfig, ...]:
-        """FFNs that pair with a mixer: DGE runs its FFN on sparse queries, so only ``mlp``."""
-        return tuple(f for f in self.ffns if f.type == "mlp") if mtype == "dge" else self.ffns
+        """FFNs that pair with a mixer (DGE runs its FFN on sparse queries, so only ``mlp``)."""
+        allowed = get_mixer(mtype).ffn_types
+        return self.ffns if allowed is None else tuple(f for f in self.ffns if f.type in allowed)
 
     def size(self) -> int:
         per_mixer = sum(len(m.options()) * len(self.ffns_for(m.type)) for m in self.mixers)
@@ -150,24 +152,20 @@ def _parse_stage_choices(d: Any, path: str) -> StageChoices:
     if not isinstance(mixers_raw, Mapping) or not mixers_raw:
         raise ConfigError(
             f"{path}.mixers: expected a mapping of mixer type to its parameter choices, "
-            f"e.g. {{window_attn: {{window_size: [7]}}}}; types: {', '.join(MIXER_TYPES)}"
+            f"e.g. {{window_attn: {{window_size: [7]}}}}; types: {', '.join(mixer_names())}"
         )
     mixers = []
     for mtype, params_raw in mixers_raw.items():
         mpath = f"{path}.mixers.{mtype}"
-        if mtype not in MIXER_TYPES:
-            raise ConfigError(f"{path}.mixers: unknown mixer {mtype!r}; allowed: {', '.join(MIXER_TYPES)}")
+        if mtype not in mixer_names():
+            raise ConfigError(f"{path}.mixers: unknown mixer {mtype!r}; allowed: {', '.join(mixer_names())}")
+        spec = get_mixer(mtype)
         params_raw = {} if params_raw is None else params_raw
-        check_keys(params_raw, set(MIXER_PARAMS[mtype]), mpath)
-        params = []
-        for name, default in MIXER_PARAMS[mtype].items():
-            vals = params_raw.get(name, [default])
-            if name == "granularities" and vals and isinstance(vals, (list, tuple)) and isinstance(vals[0], int):
-                raise ConfigError(f"{mpath}.granularities: expected a list of sets such as [[1, 2, 4], [1, 2]]")
-            params.append(
-                (name, _values({name: vals}, name, mpath, lambda v, f, n=name, t=mtype: parse_mixer_param(t, n, v, f)))
-            )
-        mixers.append(MixerChoices(type=mtype, params=tuple(params)))
+        check_keys(params_raw, {p.name for p in spec.params}, mpath)
+        params = tuple(
+            (p.name, p.parse_choices(params_raw.get(p.name, [p.default]), f"{mpath}.{p.name}")) for p in spec.params
+        )
+        mixers.append(MixerChoices(type=mtype, params=params))
     return StageChoices(
         depths=_values(d, "depth", path, lambda v, f: as_int(v, f, 1)),
         dims=_values(d, "dim", path, lambda v, f: as_int(v, f, 1)),
@@ -195,14 +193,16 @@ class SearchSpace:
     """Choices per stage over a fixed stem, input size and head.
 
     Args:
-        input_size, num_classes, patch_size, layout, in_chans, pos_embed, stem_norm, drop_path_rate:
+        input_size, patch_size, layout, in_chans, pos_embed, stem_norm, drop_path_rate, layer_norm_eps:
             as in ArchConfig; fixed for the whole space.
+        num_classes: the classifier's outputs, or None for ``num_classes: auto`` (the dataset decides:
+            ``with_num_classes``; supernet training resolves it and stores the resolved space).
         stages: each stage's allowed values.
         name: a label.
     """
 
     input_size: int
-    num_classes: int
+    num_classes: int | None
     patch_size: int
     layout: str
     stages: tuple[StageChoices, ...]
@@ -210,6 +210,7 @@ class SearchSpace:
     pos_embed: bool = False
     stem_norm: bool = True
     drop_path_rate: float = 0.0
+    layer_norm_eps: float = 1e-5
     name: str | None = None
 
     # ----------------------------------------------------------------------------------------- parsing
@@ -219,12 +220,12 @@ class SearchSpace:
         try:
             check_keys(d, {
                 "name", "input_size", "in_chans", "num_classes", "patch_size", "layout",
-                "pos_embed", "stem_norm", "drop_path_rate", "stages",
+                "pos_embed", "stem_norm", "drop_path_rate", "layer_norm_eps", "stages",
             }, "space")
             stages_raw = read_list(d, "stages", "")
             space = cls(
                 input_size=read_int(d, "input_size", ""),
-                num_classes=read_int(d, "num_classes", ""),
+                num_classes=None if d.get("num_classes") == "auto" else read_int(d, "num_classes", ""),
                 patch_size=read_int(d, "patch_size", "", 4),
                 layout=read_choice(d, "layout", "", LAYOUTS, "hierarchical"),
                 stages=tuple(_parse_stage_choices(s, f"stages[{i}]") for i, s in enumerate(stages_raw)),
@@ -232,6 +233,7 @@ class SearchSpace:
                 pos_embed=read_bool(d, "pos_embed", "", False),
                 stem_norm=read_bool(d, "stem_norm", "", True),
                 drop_path_rate=read_float(d, "drop_path_rate", "", 0.0, low=0.0, high=0.99),
+                layer_norm_eps=read_float(d, "layer_norm_eps", "", 1e-5, low=0.0, high=0.1, low_open=True),
                 name=d.get("name") if isinstance(d.get("name"), str) else None,
             )
             space.validate()
@@ -250,18 +252,25 @@ class SearchSpace:
         stages = tuple(
             StageChoices(
                 depths=(s.depth,), dims=(s.dim,), heads=(s.heads,), mlp_ratios=(s.mlp_ratio,), ffns=(s.ffn,),
-                mixers=(MixerChoices(
-                    type=s.mixer.type,
-                    params=tuple((n, (getattr(s.mixer, n),)) for n in MIXER_PARAMS[s.mixer.type]),
-                ),),
+                mixers=(MixerChoices(type=s.mixer.type, params=tuple((n, (v,)) for n, v in s.mixer.params)),),
             )
             for s in arch.stages
         )
         return cls(
             input_size=arch.input_size, num_classes=arch.num_classes, patch_size=arch.patch_size,
             layout=arch.layout, stages=stages, in_chans=arch.in_chans, pos_embed=arch.pos_embed,
-            stem_norm=arch.stem_norm, drop_path_rate=arch.drop_path_rate, name=arch.name,
+            stem_norm=arch.stem_norm, drop_path_rate=arch.drop_path_rate, layer_norm_eps=arch.layer_norm_eps,
+            name=arch.name,
         )
+
+    @property
+    def num_classes_auto(self) -> bool:
+        """True for ``num_classes: auto``: the dataset gives the count (``with_num_classes``)."""
+        return self.num_classes is None
+
+    def with_num_classes(self, num_classes: int) -> SearchSpace:
+        """The same space with its classifier sized for ``num_classes`` classes."""
+        return replace(self, num_classes=num_classes)
 
     def validate(self) -> None:
         """Every combination of each stage's choices must be valid; raises ConfigError at the first that is not."""
@@ -276,7 +285,8 @@ class SearchSpace:
                     )
             for m in st.mixers:
                 if not st.ffns_for(m.type):
-                    raise ConfigError(f"{path}.ffn: mixer dge needs the 'mlp' FFN among the choices")
+                    allowed = " or ".join(repr(t) for t in m.spec.ffn_types or ())
+                    raise ConfigError(f"{path}.ffn: mixer {m.type} needs the {allowed} FFN among the choices")
                 for opt in m.options():
                     for dim, heads, ratio in itertools.product(st.dims, st.heads, st.mlp_ratios):
                         stage = StageConfig(1, dim, heads, ratio, st.ffns_for(m.type)[0], opt)
@@ -289,9 +299,10 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name} if self.name else {}
         out.update(
-            input_size=self.input_size, in_chans=self.in_chans, num_classes=self.num_classes,
+            input_size=self.input_size, in_chans=self.in_chans,
+            num_classes="auto" if self.num_classes is None else self.num_classes,
             patch_size=self.patch_size, layout=self.layout, pos_embed=self.pos_embed,
-            stem_norm=self.stem_norm, drop_path_rate=self.drop_path_rate,
+            stem_norm=self.stem_norm, drop_path_rate=self.drop_path_rate, layer_norm_eps=self.layer_norm_eps,
             stages=[s.to_dict() for s in self.stages],
         )
         return out
@@ -308,10 +319,16 @@ class SearchSpace:
 
     # ------------------------------------------------------------------------------------ architectures
     def _arch(self, stages: list[StageConfig], name: str | None = None) -> ArchConfig:
+        if self.num_classes is None:
+            raise ConfigError(
+                "num_classes: 'auto' takes the count from the dataset; resolve it first "
+                "(space.with_num_classes(n); mixnas supernet train does it)"
+            )
         return ArchConfig(
             input_size=self.input_size, num_classes=self.num_classes, patch_size=self.patch_size,
             layout=self.layout, stages=tuple(stages), in_chans=self.in_chans, pos_embed=self.pos_embed,
-            stem_norm=self.stem_norm, drop_path_rate=self.drop_path_rate, name=name,
+            stem_norm=self.stem_norm, drop_path_rate=self.drop_path_rate, layer_norm_eps=self.layer_norm_eps,
+            name=name,
         )
 
     def sample(self, rng: Rng = None) -> ArchConfig:
@@ -320,7 +337,7 @@ class SearchSpace:
         stages = []
         for st in self.stages:
             m = _pick(r, st.mixers)
-            opt = MixerConfig(type=m.type, **{n: _pick(r, vals) for n, vals in m.params})
+            opt = MixerConfig(m.type, tuple((n, _pick(r, vals)) for n, vals in m.params))
             stages.append(StageConfig(
                 depth=_pick(r, st.depths), dim=_pick(r, st.dims), heads=_pick(r, st.heads),
                 mlp_ratio=_pick(r, st.mlp_ratios), ffn=_pick(r, st.ffns_for(m.type)), mixer=opt,
@@ -335,22 +352,10 @@ class SearchSpace:
                 m = st.mixer(mixer) if mixer else st.mixers[0]
             except KeyError:
                 raise ConfigError(f"stages[{i}].mixers: {mixer!r} is not offered in this stage") from None
-            params = {}
-            for n, vals in m.params:
-                if n == "granularities":  # the finest, widest set is the costliest
-                    key = (lambda g: (max(g), len(g))) if largest else (lambda g: (-min(g), -len(g)))
-                    params[n] = max(vals, key=key)
-                elif n == "kv_reduction":  # a larger reduction is cheaper
-                    params[n] = (min if largest else max)(vals)
-                elif isinstance(vals[0], bool):
-                    params[n] = vals[0]
-                else:
-                    params[n] = pick(vals)
             ffns = st.ffns_for(m.type)
             stages.append(StageConfig(
                 depth=pick(st.depths), dim=pick(st.dims), heads=pick(st.heads),
-                mlp_ratio=pick(st.mlp_ratios), ffn=ffns[-1] if largest else ffns[0],
-                mixer=MixerConfig(type=m.type, **params),
+                mlp_ratio=pick(st.mlp_ratios), ffn=ffns[-1] if largest else ffns[0], mixer=m.extreme(largest),
             ))
         return self._arch(stages, name="largest" if largest else "smallest")
 
@@ -372,7 +377,8 @@ class SearchSpace:
 
     def why_not(self, arch: ArchConfig) -> str | None:
         """None when ``arch`` is in the space, otherwise the first field that is outside it."""
-        fixed = ("input_size", "num_classes", "patch_size", "layout", "in_chans", "pos_embed", "stem_norm")
+        fixed = ("input_size", "num_classes", "patch_size", "layout", "in_chans", "pos_embed", "stem_norm",
+                 "layer_norm_eps")
         for f in fixed:
             if getattr(arch, f) != getattr(self, f):
                 return f"{f}: {getattr(arch, f)!r} is not the space's {getattr(self, f)!r}"
@@ -389,10 +395,11 @@ class SearchSpace:
                 m = st.mixer(s.mixer.type)
             except KeyError:
                 return f"stages[{i}].mixer.type: {s.mixer.type} is not among {[x.type for x in st.mixers]}"
+            spec = m.spec
             for n, vals in m.params:
-                if getattr(s.mixer, n) not in vals:
-                    shown = [list(v) if isinstance(v, tuple) else v for v in vals]
-                    return f"stages[{i}].mixer.{n}: {_encode(getattr(s.mixer, n))} is not among {shown}"
+                if s.mixer.get(n) not in vals:
+                    shown = [spec.param(n).to_yaml(v) for v in vals]
+                    return f"stages[{i}].mixer.{n}: {spec.param(n).encode(s.mixer.get(n))} is not among {shown}"
             if s.ffn not in st.ffns_for(s.mixer.type):
                 return f"stages[{i}].ffn: {s.ffn.short()} is not among {[f.short() for f in st.ffns_for(s.mixer.type)]}"
         return None
@@ -418,15 +425,17 @@ class SearchSpace:
         for i, st in enumerate(self.stages):
             mtype = cat(f"s{i}.mixer", [m.type for m in st.mixers])
             m = st.mixer(mtype)
-            params = {
-                n: _decode(n, cat(f"s{i}.{mtype}.{n}", [_encode(v) for v in vals])) for n, vals in m.params
-            }
+            spec = m.spec
+            params = tuple(
+                (n, spec.param(n).decode(cat(f"s{i}.{mtype}.{n}", [spec.param(n).encode(v) for v in vals])))
+                for n, vals in m.params
+            )
             ffns = st.ffns_for(mtype)
             ffn_name = f"s{i}.ffn" if ffns == st.ffns else f"s{i}.{mtype}.ffn"
             ffn_label = cat(ffn_name, [f.short() for f in ffns])
             stages.append(StageConfig(
                 depth=cat(f"s{i}.depth", st.depths), dim=cat(f"s{i}.dim", st.dims),
                 heads=cat(f"s{i}.heads", st.heads), mlp_ratio=cat(f"s{i}.mlp_ratio", st.mlp_ratios),
-                ffn=next(f for f in ffns if f.short() == ffn_label), mixer=MixerConfig(type=mtype, **params),
+                ffn=next(f for f in ffns if f.short() == ffn_label), mixer=MixerConfig(mtype, params),
             ))
         return self._arch(stages)

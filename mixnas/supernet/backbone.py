@@ -5,9 +5,10 @@
 for the space holding only ``arch``: every slice is then the whole tensor, and a supernet's weights for
 ``arch`` copy straight into it (``Supernet.extract``).
 
-A block is ``x = x + drop_path(mixer(norm1(x))); x = x + drop_path(ffn(norm2(x)))`` with three
-exceptions from the papers: the conv mixers (DWNet) have no norm before them and a BatchNorm before the
-FFN; the local FFN (LocalViT) has no norm before it and its own identity path; DGE wraps the block.
+A block is ``x = x + drop_path(mixer(norm1(x))); x = x + drop_path(ffn(norm2(x)))``; each mixer's spec
+says how it departs from that (``mixnas.search_space.MixerSpec``): the conv mixers (DWNet) have no norm
+before them and a BatchNorm before the FFN; DGE wraps the block. The local FFN (LocalViT) has no norm
+before it, its own identity path and no drop-path, as in the official code.
 Tokens are channels-last, (B, H, W, C), as in timm's Swin.
 """
 
@@ -19,11 +20,8 @@ import torch
 from timm.layers import drop_path, trunc_normal_
 from torch import Tensor, nn
 
-from mixnas.search_space import ArchConfig, SearchSpace, StageChoices, StageConfig
-from mixnas.search_space.arch import CONV_MIXERS, stage_resolutions
-from mixnas.supernet.dge import DynamicGrainedEncoder
-from mixnas.supernet.dwconv import DWConvMixer
-from mixnas.supernet.dyn_dwconv import DynamicDWConvMixer
+from mixnas.search_space import ArchConfig, SearchSpace, StageChoices, StageConfig, get_mixer
+from mixnas.search_space.arch import stage_resolutions
 from mixnas.supernet.elastic import (
     ElasticBatchNorm2d,
     ElasticConv2d,
@@ -33,54 +31,38 @@ from mixnas.supernet.elastic import (
     batch_norm_nhwc,
 )
 from mixnas.supernet.ffn import ElasticMlp, LocalFFN
-from mixnas.supernet.refiner import RefinerAttention
-from mixnas.supernet.window_attn import WindowAttention
+from mixnas.supernet.mixers import BlockParts, DynamicCost, MixerContext, budget_loss
 
 
 @dataclass(frozen=True)
 class StageLimits:
-    """The largest sizes a stage's modules must hold, derived from its choices and resolution."""
+    """The largest sizes a stage's modules must hold, derived from its choices and resolution.
+
+    Args:
+        depth, dim, min_dim, heads, hidden: the largest depth, width, smallest width, most heads and
+            widest FFN hidden layer of the stage.
+        resolution: the stage's map side (tokens).
+        mixers: mixer type -> the limits its spec derives from the stage's options of it.
+        ffn_types: the FFN types offered.
+        se: whether a local FFN with squeeze-excitation is offered.
+    """
 
     depth: int
     dim: int
     min_dim: int
     heads: int
     hidden: int
+    resolution: int
     mixers: dict
     ffn_types: frozenset
     se: bool
 
     @classmethod
     def from_choices(cls, st: StageChoices, resolution: int) -> StageLimits:
-        mixers: dict[str, dict] = {}
-        for m in st.mixers:
-            opts = m.options()
-            if m.type in ("window_attn", "refiner"):
-                bias_windows = [min(o.window_size, resolution) for o in opts if o.rel_pos_bias]
-                limits = {"bias_window": max(bias_windows, default=0)}
-                if m.type == "refiner":
-                    limits.update(
-                        expansion_ratio=max(o.expansion_ratio for o in opts),
-                        kernel_size=max(o.kernel_size for o in opts),
-                    )
-            elif m.type == "dwconv":
-                limits = {"kernel_size": max(o.kernel_size for o in opts)}
-            elif m.type == "dyn_dwconv":
-                limits = {
-                    "kernel_size": max(o.kernel_size for o in opts),
-                    "homogeneous": any(not o.inhomogeneous for o in opts),
-                    "inhomogeneous": any(o.inhomogeneous for o in opts),
-                }
-            else:  # dge
-                union = sorted({g for o in opts for g in o.granularities})
-                limits = {
-                    "max_granularity": max(union), "granularities": union,
-                    "kv_norm": any(o.kv_reduction > 1 for o in opts),
-                }
-            mixers[m.type] = limits
+        mixers = {m.type: m.spec.limits(m.options(), st, resolution) for m in st.mixers}
         return cls(
             depth=max(st.depths), dim=max(st.dims), min_dim=min(st.dims), heads=max(st.heads),
-            hidden=max(int(d * r) for d in st.dims for r in st.mlp_ratios),
+            hidden=max(int(d * r) for d in st.dims for r in st.mlp_ratios), resolution=resolution,
             mixers=mixers, ffn_types=frozenset(f.type for f in st.ffns), se=any(f.se for f in st.ffns),
         )
 
@@ -90,67 +72,45 @@ class Block(nn.Module):
 
     Args:
         limits: the stage's largest sizes and its mixer and FFN types.
+        eps: LayerNorm epsilon.
     """
 
-    def __init__(self, limits: StageLimits) -> None:
+    def __init__(self, limits: StageLimits, eps: float = 1e-5) -> None:
         super().__init__()
         dim, heads = limits.dim, limits.heads
-        types = set(limits.mixers)
-        normed = types - set(CONV_MIXERS)
-        self.norm1 = ElasticLayerNorm(dim) if normed else None
-        self.norm2 = ElasticLayerNorm(dim) if normed and "mlp" in limits.ffn_types else None
-        conv = types & set(CONV_MIXERS)
-        self.norm2_bn = ElasticBatchNorm2d(dim) if conv and "mlp" in limits.ffn_types else None
-        mixers: dict[str, nn.Module] = {}
-        for mtype, lim in limits.mixers.items():
-            if mtype == "window_attn":
-                mixers[mtype] = WindowAttention(dim, heads, lim["bias_window"])
-            elif mtype == "refiner":
-                mixers[mtype] = RefinerAttention(
-                    dim, heads, lim["bias_window"], lim["expansion_ratio"], lim["kernel_size"]
-                )
-            elif mtype == "dwconv":
-                mixers[mtype] = DWConvMixer(dim, lim["kernel_size"])
-            elif mtype == "dyn_dwconv":
-                mixers[mtype] = DynamicDWConvMixer(
-                    dim, lim["kernel_size"], lim["homogeneous"], lim["inhomogeneous"], heads
-                )
-            else:
-                mixers[mtype] = DynamicGrainedEncoder(
-                    dim, heads, lim["max_granularity"], lim["granularities"], lim["kv_norm"]
-                )
-        self.mixers = nn.ModuleDict(mixers)
+        specs = [get_mixer(t) for t in limits.mixers]
+        mlp = "mlp" in limits.ffn_types
+        layer_norm_ffn = any(s.ffn_norm == "layer" for s in specs)
+        self.norm1 = ElasticLayerNorm(dim, eps=eps) if any(s.pre_norm == "layer" or s.wraps_block for s in specs) \
+            else None
+        self.norm2 = ElasticLayerNorm(dim, eps=eps) if mlp and layer_norm_ffn else None
+        self.norm2_bn = ElasticBatchNorm2d(dim) if mlp and any(s.ffn_norm == "batch" for s in specs) else None
+        self.mixers = nn.ModuleDict({
+            spec.name: spec.build(dim, heads, limits.mixers[spec.name], limits.resolution) for spec in specs
+        })
         ffns: dict[str, nn.Module] = {}
-        if "mlp" in limits.ffn_types:
+        if mlp:
             ffns["mlp"] = ElasticMlp(dim, limits.hidden)
         if "local" in limits.ffn_types:
             ffns["local"] = LocalFFN(dim, limits.hidden, limits.se, limits.min_dim)
         self.ffns = nn.ModuleDict(ffns)
 
-    def forward(self, x: Tensor, stage: StageConfig, block_index: int, drop_prob: float) -> Tensor:
-        """x: (B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: Tensor, stage: StageConfig, block_index: int, drop_prob: float
+                ) -> tuple[Tensor, DynamicCost | None]:
+        """x: (B, H, W, C) -> (B, H, W, C), and the block's dynamic cost (None unless its mixer has one)."""
         m = stage.mixer
+        spec = m.spec
         mixer = self.mixers[m.type]
-        if m.type == "dge":
-            return mixer(
-                x, self, stage.heads, stage.hidden_dim, m.granularities, m.kv_reduction, drop_prob
-            )
-        if m.type == "dwconv":
-            y = mixer(x, m.kernel_size)
-        elif m.type == "dyn_dwconv":
-            y = mixer(x, m.kernel_size, m.inhomogeneous, stage.heads)
-        elif m.type == "window_attn":
-            y = mixer(self.norm1(x), stage.heads, m.window_size, block_index, m.rel_pos_bias)
-        else:
-            y = mixer(
-                self.norm1(x), stage.heads, m.window_size, block_index, m.expansion_ratio, m.kernel_size,
-                m.rel_pos_bias,
-            )
+        if spec.wraps_block:
+            hidden = stage.hidden_dim
+            parts = BlockParts(self.norm1, self.norm2, lambda t: self.ffns["mlp"](t, hidden), hidden)
+            return mixer(x, MixerContext(m, stage.heads, block_index, drop_prob, parts))
+        y = mixer(self.norm1(x) if spec.pre_norm == "layer" else x, MixerContext(m, stage.heads, block_index))
         x = x + drop_path(y, drop_prob, self.training)
         if stage.ffn.type == "local":
-            return self.ffns["local"](x, stage.hidden_dim, stage.ffn.se, drop_prob)
-        normed = batch_norm_nhwc(self.norm2_bn, x) if m.type in CONV_MIXERS else self.norm2(x)
-        return x + drop_path(self.ffns["mlp"](normed, stage.hidden_dim), drop_prob, self.training)
+            return self.ffns["local"](x, stage.hidden_dim, stage.ffn.se), None
+        normed = batch_norm_nhwc(self.norm2_bn, x) if spec.ffn_norm == "batch" else self.norm2(x)
+        return x + drop_path(self.ffns["mlp"](normed, stage.hidden_dim), drop_prob, self.training), None
 
 
 class PatchMerging(nn.Module):
@@ -159,11 +119,12 @@ class PatchMerging(nn.Module):
     Args:
         dim: largest input width C.
         out_dim: largest output width.
+        eps: LayerNorm epsilon.
     """
 
-    def __init__(self, dim: int, out_dim: int) -> None:
+    def __init__(self, dim: int, out_dim: int, eps: float = 1e-5) -> None:
         super().__init__()
-        self.norm = ElasticLayerNorm(dim, groups=4)
+        self.norm = ElasticLayerNorm(dim, groups=4, eps=eps)
         self.reduction = ElasticLinear(dim, out_dim, bias=False, in_groups=4)
 
     def forward(self, x: Tensor, out_dim: int) -> Tensor:
@@ -179,19 +140,23 @@ class Stage(nn.Module):
     Args:
         limits: the stage's largest sizes.
         in_dim: largest width coming in (the previous stage's), or None for the first stage.
+        eps: LayerNorm epsilon.
     """
 
-    def __init__(self, limits: StageLimits, in_dim: int | None) -> None:
+    def __init__(self, limits: StageLimits, in_dim: int | None, eps: float = 1e-5) -> None:
         super().__init__()
-        self.downsample = PatchMerging(in_dim, limits.dim) if in_dim is not None else None
-        self.blocks = nn.ModuleList(Block(limits) for _ in range(limits.depth))
+        self.downsample = PatchMerging(in_dim, limits.dim, eps) if in_dim is not None else None
+        self.blocks = nn.ModuleList(Block(limits, eps) for _ in range(limits.depth))
 
-    def forward(self, x: Tensor, stage: StageConfig, drop_probs: list[float]) -> Tensor:
+    def forward(self, x: Tensor, stage: StageConfig, drop_probs: list[float]) -> tuple[Tensor, list[DynamicCost]]:
         if self.downsample is not None:
             x = self.downsample(x, stage.dim)
+        costs = []
         for i in range(stage.depth):
-            x = self.blocks[i](x, stage, i, drop_probs[i])
-        return x
+            x, cost = self.blocks[i](x, stage, i, drop_probs[i])
+            if cost is not None:
+                costs.append(cost)
+        return x, costs
 
 
 class MixerNet(nn.Module):
@@ -204,25 +169,43 @@ class MixerNet(nn.Module):
 
     def __init__(self, space: SearchSpace, default_arch: ArchConfig | None = None) -> None:
         super().__init__()
+        if space.num_classes is None:
+            raise ValueError("the space's num_classes is 'auto': resolve it with space.with_num_classes(n) first")
         self.space = space
         self.default_arch = default_arch
+        eps = space.layer_norm_eps
         resolutions = stage_resolutions(space.input_size, space.patch_size, space.layout, len(space.stages))
         self.limits = [StageLimits.from_choices(st, r) for st, r in zip(space.stages, resolutions)]
         first = self.limits[0].dim
         self.patch_embed = ElasticConv2d(
             space.in_chans, first, space.patch_size, stride=space.patch_size, same_padding=False
         )
-        self.stem_norm = ElasticLayerNorm(first) if space.stem_norm else None
+        self.stem_norm = ElasticLayerNorm(first, eps=eps) if space.stem_norm else None
         n_tokens = resolutions[0] ** 2
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, first)) if space.pos_embed else None
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
         self.stages = nn.ModuleList(
-            Stage(lim, self.limits[i - 1].dim if i > 0 and space.layout == "hierarchical" else None)
+            Stage(lim, self.limits[i - 1].dim if i > 0 and space.layout == "hierarchical" else None, eps)
             for i, lim in enumerate(self.limits)
         )
-        self.norm = ElasticLayerNorm(self.limits[-1].dim)
+        self.norm = ElasticLayerNorm(self.limits[-1].dim, eps=eps)
         self.head = ElasticLinear(self.limits[-1].dim, space.num_classes)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW must not decay (timm's optimizer factory reads this): the position embedding,
+        the relative-position tables and every norm's weight, the grouped LayerNorm's 2-D ones included
+        (timm already spares 1-D tensors and biases)."""
+        names = set()
+        for name, module in self.named_modules():
+            prefix = f"{name}." if name else ""
+            if isinstance(module, (ElasticLayerNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
+                names.update(prefix + p for p, _ in module.named_parameters(recurse=False))
+            elif hasattr(module, "table") and isinstance(module.table, nn.Parameter):  # RelativePositionBias
+                names.add(prefix + "table")
+        if self.pos_embed is not None:
+            names.add("pos_embed")
+        return names
 
     def drop_path_rates(self, arch: ArchConfig) -> list[list[float]]:
         """Stochastic depth rising linearly from 0 to arch.drop_path_rate over the active blocks."""
@@ -234,39 +217,47 @@ class MixerNet(nn.Module):
             start += s.depth
         return out
 
-    def forward_features(self, x: Tensor, arch: ArchConfig) -> Tensor:
-        """(B, C_in, H, W) images -> (B, h, w, C_last) normed tokens."""
-        x = self.patch_embed(x, out_channels=arch.stages[0].dim).permute(0, 2, 3, 1)
+    def embed(self, x: Tensor, dim: int) -> Tensor:
+        """The stem: (B, C_in, H, W) images -> (B, H/p, W/p, dim) tokens (conv, LayerNorm, position embedding)."""
+        x = self.patch_embed(x, out_channels=dim).permute(0, 2, 3, 1)
         if self.stem_norm is not None:
             x = self.stem_norm(x)
         if self.pos_embed is not None:
             b, h, w, c = x.shape
             x = x + active_slice(self.pos_embed, (1, h * w, c)).view(1, h, w, c)
-        for stage_module, stage, drop_probs in zip(self.stages, arch.stages, self.drop_path_rates(arch)):
-            x = stage_module(x, stage, drop_probs)
-        return self.norm(x)
+        return x
 
-    def forward(self, x: Tensor, arch: ArchConfig | None = None) -> Tensor:
-        """(B, C_in, H, W) images -> (B, num_classes) logits."""
+    def classify(self, tokens: Tensor) -> Tensor:
+        """The head: (B, h, w, C) last-stage tokens -> (B, num_classes) logits (LayerNorm, mean, Linear)."""
+        return self.head(self.norm(tokens).mean((1, 2)))
+
+    def _features(self, x: Tensor, arch: ArchConfig) -> tuple[Tensor, list[DynamicCost]]:
+        x = self.embed(x, arch.stages[0].dim)
+        costs: list[DynamicCost] = []
+        for stage_module, stage, drop_probs in zip(self.stages, arch.stages, self.drop_path_rates(arch)):
+            x, stage_costs = stage_module(x, stage, drop_probs)
+            costs.extend(stage_costs)
+        return x, costs
+
+    def _arch(self, arch: ArchConfig | None) -> ArchConfig:
         arch = arch or self.default_arch
         if arch is None:
             raise ValueError("no architecture given and this network has no default; pass arch=")
-        x = self.forward_features(x, arch)
-        return self.head(x.mean((1, 2)))
+        return arch
 
-    def dge_budget_loss(self, arch: ArchConfig | None = None) -> Tensor | None:
-        """Mean over DGE blocks of the last forward of (dynamic/static FLOPs - gamma)^2; None without DGE."""
-        arch = arch or self.default_arch
-        assert arch is not None
-        losses = []
-        for stage_module, stage in zip(self.stages, arch.stages):
-            if stage.mixer.type != "dge":
-                continue
-            for block in stage_module.blocks[: stage.depth]:
-                ratio = block.mixers["dge"].flops_ratio
-                if ratio is not None:
-                    losses.append(((ratio - stage.mixer.gamma) ** 2).mean())
-        return torch.stack(losses).mean() if losses else None
+    def forward_features(self, x: Tensor, arch: ArchConfig | None = None) -> Tensor:
+        """(B, C_in, H, W) images -> (B, h, w, C_last) normed tokens."""
+        return self.norm(self._features(x, self._arch(arch))[0])
+
+    def forward_with_costs(self, x: Tensor, arch: ArchConfig | None = None) -> tuple[Tensor, list[DynamicCost]]:
+        """(B, C_in, H, W) images -> ((B, num_classes) logits, the dynamic cost of each input-dependent
+        block, in network order); the costs feed ``budget_loss`` and the FLOP counts of DGE networks."""
+        tokens, costs = self._features(x, self._arch(arch))
+        return self.classify(tokens), costs
+
+    def forward(self, x: Tensor, arch: ArchConfig | None = None) -> Tensor:
+        """(B, C_in, H, W) images -> (B, num_classes) logits."""
+        return self.forward_with_costs(x, arch)[0]
 
 
 def build_model(arch: ArchConfig) -> MixerNet:
@@ -275,9 +266,11 @@ def build_model(arch: ArchConfig) -> MixerNet:
     return MixerNet(SearchSpace.from_arch(arch), default_arch=arch)
 
 
-def count_dge_queries(model: nn.Module) -> int:
-    """Queries computed by all DGE blocks in the last forward (for tests and profiling)."""
-    return sum(m.num_queries for m in model.modules() if isinstance(m, DynamicGrainedEncoder))
+def dynamic_block_names(arch: ArchConfig) -> list[str]:
+    """Module names of the input-dependent blocks, in the order ``forward_with_costs`` returns their costs."""
+    return [f"stages.{i}.blocks.{j}" for i, s in enumerate(arch.stages) if s.mixer.spec.input_dependent_cost
+            for j in range(s.depth)]
 
 
-__all__ = ["Block", "MixerNet", "PatchMerging", "Stage", "StageLimits", "build_model"]
+__all__ = ["Block", "MixerNet", "PatchMerging", "Stage", "StageLimits", "budget_loss", "build_model",
+           "dynamic_block_names"]

@@ -18,10 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mixnas.atomic import atomic_write
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weights file is corrupt, unreadable or does not fit the network."""
+from mixnas.errors import CheckpointError
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 The standalone model is the same module built at its exact size, where every slice is the whole tensor.
 A slice is the leading part of each dimension, except for kernel-like dimensions listed in a module's
-``centred`` map, where it is the centre (a 3x3 kernel is the centre of the 5x5 one, as in once-for-all).
-``active_slice`` is the one rule used both by forward passes and by ``Supernet.extract``, so the two
-cannot disagree.
+``centred`` map, where it is the centre (a 3x3 kernel is the centre of the 5x5 one, as in once-for-all),
+and for head-split dimensions (attention's q, k, v and the projection's input), where it is the leading
+part of each head (``head_slice``). ``active_slice`` and ``head_slice`` are the rules used both by forward
+passes and by ``Supernet.extract`` (through ``active_state``), so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -31,6 +32,22 @@ def active_slice(t: Tensor, shape: Sequence[int], centred: Sequence[int] = ()) -
     return t[tuple(index)]
 
 
+def head_slice(t: Tensor, dim: int, heads: int, width: int) -> Tensor:
+    """Along ``dim`` (held size C): the leading width/heads channels of each of ``heads`` equal groups.
+
+    A subnet with h heads and width c runs, of a layer held at width C, channels
+    [j*C/h, j*C/h + c/h) for head j: its heads are the supernet's heads (at h heads), each narrowed.
+    ``t`` itself when width == C.
+    """
+    held = t.shape[dim]
+    if width == held:
+        return t
+    if held % heads or width % heads:
+        raise ValueError(f"head slicing: widths {held} and {width} must both be divisible by {heads} heads")
+    grouped = t.reshape(*t.shape[:dim], heads, held // heads, *t.shape[dim + 1:])
+    return grouped.narrow(dim + 1, 0, width // heads).flatten(dim, dim + 1)
+
+
 class ElasticLinear(nn.Module):
     """Linear layer whose input and output widths are chosen per call.
 
@@ -43,18 +60,25 @@ class ElasticLinear(nn.Module):
         bias: whether there is a bias.
         out_groups: output blocks (3 for qkv, 2 for kv); the weight is (out_groups, out, in).
         in_groups: input blocks (4 for patch merging's concatenated neighbours); weight (out, in_groups, in).
+        heads: the head count the layer is built for (a standalone layer's exact heads).
+        head_split: ``"out"`` (q, k, v) or ``"in"`` (the attention's output projection): that width is
+            sliced head by head (``head_slice``) at the heads given per call; None: leading channels.
     """
 
     centred: dict[str, tuple[int, ...]] = {}
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, out_groups: int = 1, in_groups: int = 1
+        self, in_features: int, out_features: int, bias: bool = True, out_groups: int = 1, in_groups: int = 1,
+        heads: int = 1, head_split: str | None = None,
     ) -> None:
         super().__init__()
         if out_groups > 1 and in_groups > 1:
             raise ValueError("a layer groups either its inputs or its outputs, not both")
+        if head_split not in (None, "in", "out") or (head_split == "in" and in_groups > 1):
+            raise ValueError(f"head_split must be None, 'in' or 'out' (not with in_groups), got {head_split!r}")
         self.in_features, self.out_features = in_features, out_features
         self.out_groups, self.in_groups = out_groups, in_groups
+        self.heads, self.head_split = heads, head_split
         if out_groups > 1:
             shape: tuple[int, ...] = (out_groups, out_features, in_features)
         elif in_groups > 1:
@@ -66,22 +90,48 @@ class ElasticLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(bias_shape)) if bias else None
         trunc_normal_(self.weight, std=0.02)
 
-    def active_weight(self, in_features: int, out_features: int) -> tuple[Tensor, Tensor | None]:
+    def _held(self, in_features: int, out_features: int, heads: int) -> tuple[Tensor, Tensor | None]:
+        """The active weight and bias in their held layout ((g, out, in), (out, g, in) or (out, in))."""
         g_out, g_in = self.out_groups, self.in_groups
+        w, b = self.weight, self.bias
+        o_dim = 1 if g_out > 1 else 0
+        i_dim = w.ndim - 1
+        if self.head_split == "out":
+            w = head_slice(w, o_dim, heads, out_features)
+            b = None if b is None else head_slice(b, b.ndim - 1, heads, out_features)
+        elif self.head_split == "in":
+            w = head_slice(w, i_dim, heads, in_features)
         if g_out > 1:
-            w = active_slice(self.weight, (g_out, out_features, in_features)).reshape(-1, in_features)
-            b = None if self.bias is None else active_slice(self.bias, (g_out, out_features)).reshape(-1)
+            w = active_slice(w, (g_out, out_features, in_features))
+            b = None if b is None else active_slice(b, (g_out, out_features))
         elif g_in > 1:
-            w = active_slice(self.weight, (out_features, g_in, in_features // g_in)).reshape(out_features, -1)
-            b = None if self.bias is None else active_slice(self.bias, (out_features,))
+            w = active_slice(w, (out_features, g_in, in_features // g_in))
+            b = None if b is None else active_slice(b, (out_features,))
         else:
-            w = active_slice(self.weight, (out_features, in_features))
-            b = None if self.bias is None else active_slice(self.bias, (out_features,))
+            w = active_slice(w, (out_features, in_features))
+            b = None if b is None else active_slice(b, (out_features,))
         return w, b
 
-    def forward(self, x: Tensor, out_features: int | None = None) -> Tensor:
-        """x: (..., in) with in <= held width (times in_groups); returns (..., out_groups * out)."""
-        w, b = self.active_weight(x.shape[-1], out_features or self.out_features)
+    def active_weight(self, in_features: int, out_features: int, heads: int | None = None
+                      ) -> tuple[Tensor, Tensor | None]:
+        """The (out_groups * out, in_groups * in) weight and bias a call at these sizes uses."""
+        w, b = self._held(in_features, out_features, heads or self.heads)
+        if self.out_groups > 1:
+            return w.reshape(-1, in_features), None if b is None else b.reshape(-1)
+        return w.reshape(out_features, -1), b
+
+    def active_state(self, name: str, target: ElasticLinear) -> Tensor:
+        """The held tensor ``name`` sliced for ``target``, the same layer built at a subnet's exact sizes."""
+        in_features = target.in_features * (target.in_groups if target.in_groups > 1 else 1)
+        w, b = self._held(in_features, target.out_features, target.heads)
+        return w if name == "weight" else b
+
+    def forward(self, x: Tensor, out_features: int | None = None, heads: int | None = None) -> Tensor:
+        """x: (..., in) with in <= held width (times in_groups); returns (..., out_groups * out).
+
+        ``heads`` is the active head count of a head-split layer (default: the count it was built for).
+        """
+        w, b = self.active_weight(x.shape[-1], out_features or self.out_features, heads)
         return F.linear(x, w, b)
 
 

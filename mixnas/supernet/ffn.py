@@ -3,14 +3,14 @@
 * mlp: Linear(C, rC) -> GELU -> Linear(rC, C), pre-normed by the block.
 * local (LocalViT): tokens as a 2-D map, 1x1 conv C -> rC (no bias) -> BN -> h-swish -> depth-wise 3x3
   (no bias) -> BN -> h-swish -> (optional squeeze-excitation) -> 1x1 conv rC -> C (no bias) -> BN, with
-  its own identity path and no norm before it. The squeeze-excitation narrows rC to rC // C (LocalViT-T's
+  its own identity path, no norm before it and no drop-path (as in the official code). The
+  squeeze-excitation narrows rC to rC // C (LocalViT-T's
   ``hs+se`` with reduction = C: 768 -> 4 -> 768), which reproduces LocalViT-T's 5.91M parameters.
 """
 
 from __future__ import annotations
 
 import torch.nn.functional as F
-from timm.layers import drop_path
 from torch import Tensor, nn
 
 from mixnas.supernet.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticLinear
@@ -73,7 +73,7 @@ class LocalFFN(nn.Module):
         self.fc2 = ElasticConv2d(hidden, dim, 1, bias=False)
         self.bn3 = ElasticBatchNorm2d(dim)
 
-    def forward(self, x: Tensor, hidden: int, se: bool, drop_prob: float = 0.0) -> Tensor:
+    def forward(self, x: Tensor, hidden: int, se: bool) -> Tensor:
         """x: (B, H, W, C) -> (B, H, W, C), including the identity path."""
         c = x.shape[-1]
         y = F.hardswish(self.bn1(self.fc1(x.permute(0, 3, 1, 2), out_channels=hidden)))
@@ -83,4 +83,4 @@ class LocalFFN(nn.Module):
                 raise ValueError("this LocalFFN was built without squeeze-excitation")
             y = self.se(y, max(1, hidden // c))
         y = self.bn3(self.fc2(y, out_channels=c)).permute(0, 2, 3, 1)
-        return x + drop_path(y, drop_prob, self.training)
+        return x + y

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from mixnas.search_space import ArchConfig, ConfigError, SearchSpace
+from mixnas.errors import ConfigError
+from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.supernet.backbone import MixerNet, build_model
 from mixnas.supernet.elastic import active_slice
 
@@ -59,7 +60,10 @@ class Supernet(MixerNet):
         state = {}
         for key, target in model.state_dict().items():
             owner, name = owner_and_name(self, key)
-            centred = getattr(owner, "centred", {}).get(name, ())
-            state[key] = active_slice(shared[key], target.shape, centred).clone()
+            if hasattr(owner, "active_state"):  # layers sliced by more than leading/centred parts (heads)
+                tensor = owner.active_state(name, owner_and_name(model, key)[0])
+            else:
+                tensor = active_slice(shared[key], target.shape, getattr(owner, "centred", {}).get(name, ()))
+            state[key] = tensor.detach().clone()
         model.load_state_dict(state)
         return model.train(self.training)

@@ -1,4 +1,7 @@
-"""The trial store: one row per trial, written beside a run as ``trials.parquet`` and ``trials.csv``.
+"""The trial table: the objectives, its columns and dtypes, and reading and writing it.
+
+One row per trial, written beside a run as ``trials.parquet`` and ``trials.csv``. This module sits below
+the search runners and the results code, which both read and write the table through it.
 
 The table is the contract between the search runners (Optuna, Ray Tune) and everything that reads
 results (the Pareto table, the plotly pages, export). Its columns, in order:
@@ -31,12 +34,15 @@ Columns beyond these are kept, after them, so a runner can record more without b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mixnas.atomic import atomic_write
+from mixnas.errors import ResultsError
+from mixnas.run_dir import RunDir
 
 TRIAL_COLUMNS = [
     "number", "state", "arch_id", "arch", "summary", "accuracy", "gflops", "gflops_min", "gflops_max",
@@ -44,8 +50,8 @@ TRIAL_COLUMNS = [
     "failure_reason", "backend", "is_reference", "label",
 ]
 TRIAL_STATES = ["COMPLETE", "FAIL", "RUNNING", "PRUNED"]
-PARQUET_NAME = "trials.parquet"
-CSV_NAME = "trials.csv"
+PARQUET_NAME = RunDir.TRIALS_PARQUET
+CSV_NAME = RunDir.TRIALS_CSV
 
 _STR_COLUMNS = ["state", "arch_id", "arch", "summary", "latency_source", "failure_reason", "backend", "label"]
 _FLOAT_COLUMNS = [
@@ -53,9 +59,59 @@ _FLOAT_COLUMNS = [
 ]
 _BOOL_COLUMNS = ["feasible", "is_reference"]
 
+# Objective name -> direction. The column each reads is in _OBJECTIVE_COLUMNS.
+OBJECTIVES: dict[str, str] = {"accuracy": "max", "gflops": "min", "params": "min", "latency": "min"}
+_OBJECTIVE_COLUMNS = {"accuracy": "accuracy", "gflops": "gflops", "params": "params", "latency": "latency_ms"}
+# The CLI's `--objectives accuracy,flops,latency` (DESIGN.md) names GFLOPs "flops".
+_ALIASES = {"flops": "gflops"}
+# How each objective is written on tables and plots.
+OBJECTIVE_LABELS = {
+    "accuracy": "accuracy (%)", "gflops": "GFLOPs", "params": "params", "latency": "latency (ms)",
+}
 
-class ResultsError(ValueError):
-    """A run directory or trial table that cannot be read as results; the message names the path."""
+def _canonical(name: str) -> str:
+    key = _ALIASES.get(name.strip().lower(), name.strip().lower())
+    if key not in OBJECTIVES:
+        raise ValueError(
+            f"objective {name!r} is unknown; allowed: {', '.join(OBJECTIVES)} (flops means gflops)"
+        )
+    return key
+
+
+def objective_column(name: str) -> str:
+    """The trial-table column an objective reads (``latency`` -> ``latency_ms``).
+
+    Args:
+        name: one of ``OBJECTIVES`` (``flops`` is accepted for ``gflops``).
+
+    Raises:
+        ValueError: the name is not an objective; the message lists the allowed names.
+    """
+    return _OBJECTIVE_COLUMNS[_canonical(name)]
+
+
+def parse_objectives(objectives: str | Sequence[str]) -> list[str]:
+    """Canonical objective names from ``"accuracy,flops,latency"`` or a list of names.
+
+    Args:
+        objectives: a comma-separated string or a sequence of names.
+
+    Raises:
+        ValueError: an unknown or repeated name, or none at all.
+    """
+    names = objectives.split(",") if isinstance(objectives, str) else list(objectives)
+    out = [_canonical(n) for n in names if n.strip()]
+    if not out:
+        raise ValueError(f"objectives: none given; choose from {', '.join(OBJECTIVES)}")
+    repeated = sorted({n for n in out if out.count(n) > 1})
+    if repeated:
+        raise ValueError(f"objectives: {repeated[0]!r} is given twice")
+    return out
+
+
+def directions_of(objectives: Sequence[str]) -> list[str]:
+    """``"max"``/``"min"`` for each objective, in order."""
+    return [OBJECTIVES[_canonical(o)] for o in objectives]
 
 
 def empty_trials() -> pd.DataFrame:

@@ -8,10 +8,15 @@ pad k//2) -> BN -> ReLU -> 1x1 conv (no bias) -> BN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mixnas.search_space import IntParam, MixerConfig, MixerSpec, StageChoices
 from mixnas.supernet.elastic import ElasticBatchNorm2d, ElasticConv2d
+from mixnas.supernet.mixers._api import MixerContext
 
 
 class PointwiseBranch(nn.Module):
@@ -46,8 +51,29 @@ class DWConvMixer(nn.Module):
         self.bn = ElasticBatchNorm2d(dim)
         self.post = PointwiseBranch(dim)
 
-    def forward(self, x: Tensor, kernel_size: int) -> Tensor:
+    def forward(self, x: Tensor, ctx: MixerContext) -> Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""
         y = self.pre(x.permute(0, 3, 1, 2), relu=True)
-        y = F.relu(self.bn(self.conv(y, kernel_size=kernel_size)))
+        y = F.relu(self.bn(self.conv(y, kernel_size=ctx.mixer.kernel_size)))
         return self.post(y, relu=False).permute(0, 2, 3, 1)
+
+
+class DWConvSpec(MixerSpec):
+    """DWNet's depth-wise convolution: no norm before it, BatchNorm before the FFN."""
+
+    name = "dwconv"
+    abbreviation = "dw"
+    color = "#2ca02c"
+    params = (IntParam("kernel_size", 7, "depth-wise kernel side", odd=True),)
+    pre_norm = "none"
+    ffn_norm = "batch"
+    uses_heads = False
+
+    def label(self, mixer: MixerConfig) -> str:
+        return f"dw{mixer.kernel_size}"
+
+    def limits(self, options: Sequence[MixerConfig], stage: StageChoices, resolution: int) -> dict[str, Any]:
+        return {"kernel_size": max(o.kernel_size for o in options)}
+
+    def build(self, dim: int, heads: int, limits: dict[str, Any], resolution: int) -> nn.Module:
+        return DWConvMixer(dim, limits["kernel_size"])

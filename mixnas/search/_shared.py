@@ -1,19 +1,28 @@
-"""What both search backends share besides the evaluator: objectives, limits and trial records.
+"""What both search backends share besides the evaluator: objectives, limits, scoring a candidate and
+recording it, the references, and the search settings.
 
-A trial's record is one row of the trial table (``mixnas.results.store.TRIAL_COLUMNS``); the Optuna and
-Ray runners build it with the same function, so their tables have the same columns and meaning.
+A trial's record is one row of the trial table (``mixnas.trials.TRIAL_COLUMNS``); the Optuna and Ray
+runners build it with the same function, so their tables have the same columns and meaning. A candidate
+whose evaluation fails with one of ``CANDIDATE_FAILURES`` (out of memory, a NaN objective, a CUDA error)
+is recorded as failed and the search goes on; any other exception is a bug and stops the search.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from mixnas.results.pareto import OBJECTIVES, objective_column, parse_objectives
-from mixnas.search_space import ArchConfig
+from tqdm.auto import tqdm
+
+from mixnas.search_space import ArchConfig, SearchSpace
+from mixnas.trials import OBJECTIVES, objective_column, parse_objectives
 
 DEFAULT_OBJECTIVES = "accuracy,flops,latency"
+# What a candidate's evaluation may fail with and the search survives: torch raises RuntimeError for
+# CUDA errors and OutOfMemoryError (a RuntimeError), the evaluator FloatingPointError for a NaN objective.
+CANDIDATE_FAILURES: tuple[type[BaseException], ...] = (RuntimeError, ArithmeticError, MemoryError)
 
 
 def optuna_directions(objectives: list[str]) -> list[str]:
@@ -74,6 +83,39 @@ class Limits:
         return ", ".join(parts) or "none"
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """What to search for and how to sample.
+
+    Args:
+        trials: finished trials to reach (complete or failed).
+        objectives: canonical objective names (accuracy, gflops, params, latency).
+        sampler: nsga2 | tpe | random | gp.
+        limits: cost limits, as constraints.
+        seed: the sampler's seed.
+        references: also evaluate the space's hand-designed references (every stage one mixer, largest sizes).
+    """
+
+    trials: int
+    objectives: tuple[str, ...] = ("accuracy", "gflops", "latency")
+    sampler: str = "nsga2"
+    limits: Limits = field(default_factory=lambda: Limits())
+    seed: int = 0
+    references: bool = True
+
+
+def score(evaluate: Callable[[ArchConfig], dict[str, Any]], arch: ArchConfig, objectives: list[str]
+          ) -> tuple[dict[str, Any] | None, list[float] | None, str]:
+    """Evaluate ``arch``: (result, objective values, "") or, for a ``CANDIDATE_FAILURES`` error,
+    (None, None, the one-line reason). Other exceptions propagate."""
+    try:
+        result = evaluate(arch)
+        values = objective_values(objectives, result)
+    except CANDIDATE_FAILURES as e:
+        return None, None, failure_reason(e)
+    return {k: v for k, v in result.items() if k != "cached"}, values, ""
+
+
 def trial_record(
     number: int, state: str, arch: ArchConfig | None, result: dict[str, Any] | None, feasible: bool,
     failure_reason: str, backend: str, is_reference: bool = False, label: str = "",
@@ -112,7 +154,22 @@ def failure_reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
+def reference_rows(space: SearchSpace, evaluate: Callable[[ArchConfig], dict[str, Any]], limits: Limits,
+                   backend: str, progress: bool = True) -> list[dict[str, Any]]:
+    """The space's hand-designed references (every stage one mixer, at the largest sizes), scored alike."""
+    rows = []
+    kinds = space.mixer_types()
+    for i, mixer in enumerate(tqdm(kinds, desc="references", disable=not progress, leave=False)):
+        arch = space.largest(mixer).with_name(f"all {mixer}")
+        result, _, reason = score(evaluate, arch, ["accuracy"])
+        state = "FAIL" if result is None else "COMPLETE"
+        feasible = result is not None and limits.feasible(result)
+        rows.append(trial_record(-(i + 1), state, arch, result, feasible, reason, backend,
+                                 is_reference=True, label=f"all {mixer}"))
+    return rows
+
+
 __all__ = [
-    "DEFAULT_OBJECTIVES", "Limits", "failure_reason", "objective_values", "optuna_directions",
-    "parse_objectives", "trial_record",
+    "CANDIDATE_FAILURES", "DEFAULT_OBJECTIVES", "Limits", "SearchSettings", "failure_reason", "objective_values",
+    "optuna_directions", "parse_objectives", "reference_rows", "score", "trial_record",
 ]

@@ -1,0 +1,209 @@
+"""``RunDir``: a run directory, the one place that names its files and reads and writes its settings.
+
+A supernet run directory (``mixnas supernet train --out``) holds::
+
+    space.yaml            the search space trained on (num_classes resolved)
+    train_config.json     the training settings (a resumed run must use the same, epochs aside)
+    checkpoint.pt         full training state after the last finished epoch (torch.save, read weights_only)
+    supernet.safetensors  the weights alone, for search and export
+    metrics.csv           one row per finished epoch
+    search/               journal.log (the Optuna study), eval_settings.json, cache/ (one JSON per scored
+                          architecture), ray/ (the Ray Tune experiment)
+    trials.parquet, trials.csv    the trial table
+    pages/, exported/, ranking/   results pages, exported architectures, rank-check trainings
+    .mixnas.lock          held by the process driving the directory (``mixnas.lock``)
+
+A standalone training directory (``mixnas train --out``, ``kind="training"``) holds ``arch.yaml``,
+``train_config.json``, ``checkpoint.pt``, ``model.safetensors`` and ``metrics.csv``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields, is_dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mixnas.atomic import atomic_write_text
+from mixnas.errors import CheckpointError
+
+T = TypeVar("T")
+
+KINDS = ("supernet", "training")
+
+
+def changed_setting(new: Any, stored: Any, where: str) -> str | None:
+    """The first field of two settings dataclasses, other than ``epochs`` (which a resumed run may raise),
+    whose values differ, as ``"lr: 0.001 in <where>, 0.002 now"``; None when they agree."""
+    for f in fields(new):
+        if f.name != "epochs" and getattr(new, f.name) != getattr(stored, f.name):
+            return f"{f.name}: {getattr(stored, f.name)!r} in {where}, {getattr(new, f.name)!r} now"
+    return None
+
+
+class RunDir:
+    """A run directory and its files.
+
+    Args:
+        path: the directory (it need not exist yet).
+        kind: ``supernet`` (supernet training, search and results) or ``training`` (one architecture).
+    """
+
+    SPACE = "space.yaml"
+    ARCH = "arch.yaml"
+    TRAIN_CONFIG = "train_config.json"
+    CHECKPOINT = "checkpoint.pt"
+    SUPERNET_WEIGHTS = "supernet.safetensors"
+    MODEL_WEIGHTS = "model.safetensors"
+    METRICS = "metrics.csv"
+    DISTRIBUTED = "distributed.json"
+    SEARCH = "search"
+    JOURNAL = "journal.log"
+    EVAL_SETTINGS = "eval_settings.json"
+    CACHE = "cache"
+    RAY = "ray"
+    RAY_SETTINGS = "mixnas_search.json"
+    TRIALS_PARQUET = "trials.parquet"
+    TRIALS_CSV = "trials.csv"
+    PAGES = "pages"
+    EXPORTED = "exported"
+    RANKING = "ranking"
+    LOCK = ".mixnas.lock"
+
+    def __init__(self, path: str | Path, kind: str = "supernet") -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        self.path = Path(path)
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r}, kind={self.kind!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------------------------------ files
+    @property
+    def space_file(self) -> Path:
+        return self.path / self.SPACE
+
+    @property
+    def arch_file(self) -> Path:
+        return self.path / self.ARCH
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / self.TRAIN_CONFIG
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def weights(self) -> Path:
+        """The weights file: ``supernet.safetensors`` or, for a training directory, ``model.safetensors``."""
+        return self.path / (self.SUPERNET_WEIGHTS if self.kind == "supernet" else self.MODEL_WEIGHTS)
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def distributed_report(self) -> Path:
+        return self.path / self.DISTRIBUTED
+
+    @property
+    def search_dir(self) -> Path:
+        return self.path / self.SEARCH
+
+    @property
+    def journal(self) -> Path:
+        return self.search_dir / self.JOURNAL
+
+    @property
+    def eval_settings_file(self) -> Path:
+        return self.search_dir / self.EVAL_SETTINGS
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.search_dir / self.CACHE
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.search_dir / self.RAY
+
+    @property
+    def ray_settings_file(self) -> Path:
+        return self.ray_dir / self.RAY_SETTINGS
+
+    @property
+    def trials_parquet(self) -> Path:
+        return self.path / self.TRIALS_PARQUET
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.path / self.TRIALS_CSV
+
+    @property
+    def pages_dir(self) -> Path:
+        return self.path / self.PAGES
+
+    @property
+    def exported_dir(self) -> Path:
+        return self.path / self.EXPORTED
+
+    @property
+    def ranking_dir(self) -> Path:
+        return self.path / self.RANKING
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / self.LOCK
+
+    def is_trained(self) -> bool:
+        """Whether the directory holds trained weights."""
+        return self.weights.is_file()
+
+    def is_searched(self) -> bool:
+        """Whether a search has written a trial table here."""
+        return self.trials_parquet.is_file() or self.trials_csv.is_file()
+
+    # ---------------------------------------------------------------------------------------- settings
+    def read_settings(self, cls: type[T], path: Path | None = None) -> T:
+        """A settings dataclass from its JSON file (default ``train_config.json``).
+
+        Raises:
+            CheckpointError: the file is missing or is not the JSON of ``cls`` (unknown or missing fields).
+        """
+        path = path or self.config_file
+        try:
+            return cls(**json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing; the {self._noun()} is incomplete") from None
+        except (json.JSONDecodeError, TypeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path}: corrupt ({e.__class__.__name__}: {str(e)[:100]})") from None
+
+    def write_settings(self, settings: Any, path: Path | None = None) -> None:
+        """Write a settings dataclass as JSON, atomically (default ``train_config.json``)."""
+        if not is_dataclass(settings):
+            raise TypeError(f"settings must be a dataclass, got {type(settings).__name__}")
+        atomic_write_text(path or self.config_file, json.dumps(asdict(settings), indent=2) + "\n")
+
+    def check_settings(self, settings: Any, path: Path | None = None) -> None:
+        """Refuse settings that differ from the stored ones (``epochs`` may grow); nothing stored: fine.
+
+        Raises:
+            CheckpointError: naming the file and the first differing setting.
+        """
+        path = path or self.config_file
+        if not path.exists():
+            return
+        diff = changed_setting(settings, self.read_settings(type(settings), path), f"the {self._noun()}")
+        if diff is not None:
+            raise CheckpointError(f"{path}: this run used other settings ({diff})")
+
+    def _noun(self) -> str:
+        return "run directory" if self.kind == "supernet" else "output directory"
+
+
+__all__ = ["RunDir", "changed_setting"]

@@ -1,0 +1,284 @@
+"""Dynamic Grained Encoder (Song et al., "Dynamic Grained Encoder for Vision Transformers").
+
+DGE wraps a whole block. The map is cut into regions of S x S tokens, S = max(granularities). A router
+on the block's raw input (average pool per region -> Linear(C, |set|)) gives each region a granularity g;
+the region then contributes g x g queries, each the average of an (S/g) x (S/g) sub-patch. Queries
+(normed by norm1 after pooling) attend to dense keys and values from norm1(x) (optionally spatially
+reduced as in PVT: a learned r x r conv with stride r, then LayerNorm); the FFN runs on the queries
+only; attention and FFN updates get their own drop-path; each query's update is repeated over its
+sub-patch and added to x. This follows the official code (vtpack ``layers/dge.py``).
+
+* Training (``dense``): a hard Gumbel-softmax (tau 1) picks g per region; every granularity is computed
+  for every region and the one-hot gates select (straight-through gradients reach the router).
+* Evaluation (``sparse``): argmax picks g; only the chosen queries are gathered and computed.
+The two give the same output for the same choices. The forward returns the block's output and its
+``DynamicCost`` (FLOPs as routed, FLOPs at the finest grain, queries per image), from which
+``budget_loss`` trains the router.
+
+The router's Linear has one row per granularity 1..S_max (row g-1 scores g), so granularity sets share
+rows. Its weights start at trunc_normal(std 0.01), its bias at zero, and each call adds a fixed prior
+for the call's own set giving its finest granularity probability 0.95 (the official initial bias), so
+a subnet using {1, 2} out of a supernet's {1, 2, 4} starts at 0.95 on 2, not at even odds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from timm.layers import drop_path, trunc_normal_
+from torch import Tensor, nn
+
+from mixnas.errors import ConfigError
+from mixnas.search_space import FloatParam, IntParam, MixerConfig, MixerSpec, SetParam, StageChoices, StageConfig
+from mixnas.supernet.elastic import ElasticConv2d, ElasticLayerNorm, ElasticLinear
+from mixnas.supernet.mixers._api import BlockParts, DynamicCost, MixerContext
+
+FINEST_PROBABILITY = 0.95  # the router starts by sending 95% of regions to the finest granularity
+KV_NORM_EPS = 1e-5  # PVT's spatial-reduction LayerNorm is plain nn.LayerNorm in the official code
+
+
+def router_prior(granularities: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """(|set|,) log-probabilities: FINEST_PROBABILITY on the finest granularity, the rest shared evenly."""
+    n = len(granularities)
+    if n == 1:
+        return torch.zeros(1, device=device)
+    p = torch.full((n,), (1 - FINEST_PROBABILITY) / (n - 1), device=device)
+    p[-1] = FINEST_PROBABILITY
+    return p.log()
+
+
+class DynamicGrainedEncoder(nn.Module):
+    """Router, sparse-query attention and the bookkeeping to gather and scatter queries.
+
+    Args:
+        dim: largest width C.
+        heads: largest number of heads.
+        max_granularity: largest granularity over every set this module serves.
+        kv_reductions: the spatial reductions r > 1 of keys and values it serves (one conv each).
+    """
+
+    def __init__(self, dim: int, heads: int, max_granularity: int, kv_reductions: Sequence[int] = ()) -> None:
+        super().__init__()
+        self.router = ElasticLinear(dim, max_granularity)
+        self.q = ElasticLinear(dim, dim, heads=heads, head_split="out")
+        self.kv = ElasticLinear(dim, dim, out_groups=2, heads=heads, head_split="out")
+        self.proj = ElasticLinear(dim, dim, heads=heads, head_split="in")
+        self.kv_reduce = nn.ModuleDict({
+            str(r): ElasticConv2d(dim, dim, r, stride=r, same_padding=False) for r in sorted(kv_reductions)
+        })
+        self.kv_norm = ElasticLayerNorm(dim, eps=KV_NORM_EPS) if kv_reductions else None
+        with torch.no_grad():
+            trunc_normal_(self.router.weight, std=0.01)
+            assert self.router.bias is not None
+            self.router.bias.zero_()
+
+    def route(self, x: Tensor, granularities: Sequence[int]) -> Tensor:
+        """x: (B, H, W, C) raw input -> (B, H/S, W/S, n) logits over the set's granularities."""
+        b, h, w, c = x.shape
+        s = max(granularities)
+        pooled = x.view(b, h // s, s, w // s, s, c).mean((2, 4))
+        rows = torch.tensor([g - 1 for g in granularities], device=x.device)
+        weight, bias = self.router.active_weight(c, max(granularities))
+        assert bias is not None
+        logits = F.linear(pooled, weight.index_select(0, rows), bias.index_select(0, rows))
+        return logits + router_prior(granularities, x.device).to(logits.dtype)
+
+    def keys_values(self, x: Tensor, parts: BlockParts, heads: int, kv_reduction: int) -> tuple[Tensor, Tensor]:
+        """Dense keys and values from norm1(x): each (B, heads, N_kv, head_dim)."""
+        b, h, w, c = x.shape
+        kv = parts.norm1(x)
+        if kv_reduction > 1:
+            conv = self.kv_reduce[str(kv_reduction)]
+            kv = conv(kv.permute(0, 3, 1, 2), out_channels=c).permute(0, 2, 3, 1)
+            assert self.kv_norm is not None
+            kv = self.kv_norm(kv)
+        kv = self.kv(kv.reshape(b, -1, c), c, heads=heads)
+        kv = kv.view(b, -1, 2, heads, c // heads).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
+
+    def attend(self, tokens: Tensor, k: Tensor, v: Tensor, parts: BlockParts, heads: int) -> Tensor:
+        """tokens: (B, L, C) pooled queries -> (B, L, C) attention update (before drop-path)."""
+        b, n, c = tokens.shape
+        q = self.q(parts.norm1(tokens), c, heads=heads).view(b, n, heads, c // heads).transpose(1, 2)
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(attn, c, heads=heads)
+
+    def query_update(self, tokens: Tensor, k: Tensor, v: Tensor, parts: BlockParts, heads: int,
+                     drop_prob: float = 0.0) -> Tensor:
+        """tokens: (B, L, C) pooled queries -> (B, L, C) their update from attention and the FFN."""
+        y = tokens + drop_path(self.attend(tokens, k, v, parts, heads), drop_prob, self.training)
+        y = y + drop_path(parts.ffn(parts.norm2(y)), drop_prob, self.training)
+        return y - tokens
+
+    @staticmethod
+    def pool_queries(x: Tensor, region: int, g: int) -> Tensor:
+        """(B, H, W, C) -> (B, H*g/S, W*g/S, C): the average of each (S/g) x (S/g) sub-patch."""
+        p = region // g
+        if p == 1:
+            return x
+        b, h, w, c = x.shape
+        return x.view(b, h // p, p, w // p, p, c).mean((2, 4))
+
+    @staticmethod
+    def static_cost(n_kv: int, dim: int, hidden: int, kv_reduction: int, n_tokens: int) -> tuple[float, float]:
+        """(per-query FLOPs, per-image fixed FLOPs) of the block: q, proj, attention and FFN per query;
+        keys and values (and their spatial reduction) per image."""
+        per_query = 2 * dim * dim + 2 * n_kv * dim + 2 * dim * hidden
+        fixed = 2 * n_kv * dim * dim + (n_kv * dim * dim * kv_reduction**2 if kv_reduction > 1 else 0)
+        return float(per_query), float(fixed)
+
+    def forward(self, x: Tensor, ctx: MixerContext, choice: Tensor | None = None) -> tuple[Tensor, DynamicCost]:
+        """x: (B, H, W, C) raw block input -> (the block's output (B, H, W, C), its DynamicCost).
+
+        ``choice`` (B, H/S, W/S) of set indices overrides the router (tests and benchmarks force it).
+        """
+        if ctx.parts is None:
+            raise ValueError("DGE wraps its block: call it with MixerContext(parts=BlockParts(...))")
+        b, h, w, c = x.shape
+        m, heads, parts = ctx.mixer, ctx.heads, ctx.parts
+        gs = list(m.granularities)
+        logits = self.route(x, gs)
+        if choice is not None:
+            gates = F.one_hot(choice, len(gs)).to(x.dtype)
+        elif self.training:
+            gates = F.gumbel_softmax(logits, tau=1.0, hard=True)
+        else:
+            gates = F.one_hot(logits.argmax(-1), len(gs)).to(x.dtype)
+        k, v = self.keys_values(x, parts, heads, m.kv_reduction)
+        hidden = parts.hidden
+        per_query, fixed = self.static_cost(k.shape[2], c, hidden, m.kv_reduction, h * w)
+        counts = torch.tensor([g * g for g in gs], dtype=x.dtype, device=x.device)
+        queries = (gates * counts).sum((1, 2, 3))  # (B,)
+        if self.training:
+            update, computed = self.dense(x, k, v, gates, parts, heads, gs, ctx.drop_prob)
+        else:
+            update, computed = self.sparse(x, k, v, gates.argmax(-1), parts, heads, gs)
+        cost = DynamicCost(
+            dynamic=queries * per_query + fixed, static=h * w * per_query + fixed, queries=queries.detach(),
+            computed=computed, target=float(m.gamma),
+        )
+        return x + update, cost
+
+    def dense(
+        self, x: Tensor, k: Tensor, v: Tensor, gates: Tensor, parts: BlockParts, heads: int, gs: list[int],
+        drop_prob: float,
+    ) -> tuple[Tensor, int]:
+        """Every granularity for every region, combined by the one-hot gates (B, H/S, W/S, n)."""
+        b, h, w, c = x.shape
+        s = max(gs)
+        update = x.new_zeros(b, h, w, c)
+        computed = 0
+        for j, g in enumerate(gs):
+            p = s // g
+            tokens = self.pool_queries(x, s, g)
+            hq, wq = tokens.shape[1], tokens.shape[2]
+            delta = self.query_update(tokens.reshape(b, -1, c), k, v, parts, heads, drop_prob)
+            computed += delta.shape[0] * delta.shape[1]
+            delta = delta.view(b, hq, 1, wq, 1, c).expand(b, hq, p, wq, p, c).reshape(b, h, w, c)
+            gate = gates[..., j].repeat_interleave(s, 1).repeat_interleave(s, 2)[..., None]
+            update = update + gate * delta
+        return update, computed
+
+    def sparse(
+        self, x: Tensor, k: Tensor, v: Tensor, choice: Tensor, parts: BlockParts, heads: int, gs: list[int],
+    ) -> tuple[Tensor, int]:
+        """Only the chosen queries: gathered per image into a padded batch, computed, scattered back."""
+        b, h, w, c = x.shape
+        s = max(gs)
+        hr, wr = h // s, w // s
+        picked, owners, shapes = [], [], []
+        for j, g in enumerate(gs):
+            sel = choice == j  # (B, Hr, Wr)
+            n_sel = int(sel.sum())
+            shapes.append(n_sel)
+            if n_sel == 0:
+                continue
+            tokens = self.pool_queries(x, s, g).view(b, hr, g, wr, g, c).permute(0, 1, 3, 2, 4, 5)
+            picked.append(tokens[sel].reshape(-1, c))  # (n_sel * g * g, C)
+            owners.append(sel.nonzero()[:, 0].repeat_interleave(g * g))
+        tokens = torch.cat(picked)
+        owner = torch.cat(owners)
+        # Pack each image's queries into a padded (B, L, C) batch: the attention needs the image's keys.
+        order = torch.argsort(owner, stable=True)
+        # Counted with index_add_ rather than bincount, which fvcore has no handle for (a free op either way).
+        counts = torch.zeros(b, dtype=owner.dtype, device=x.device).index_add_(0, owner, torch.ones_like(owner))
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(tokens.shape[0], device=x.device) - starts[owner[order]]
+        padded = tokens.new_zeros(b, int(counts.max()), c)
+        padded[owner[order], slot] = tokens[order]
+        attn = self.attend(padded, k, v, parts, heads)
+        y = tokens.clone()
+        y[order] = tokens[order] + attn[owner[order], slot]
+        y = y + parts.ffn(parts.norm2(y))
+        delta = y - tokens
+        # Scatter: each query's update covers its (S/g) x (S/g) sub-patch of its region.
+        update = x.new_zeros(b, hr, wr, s, s, c)
+        start = 0
+        for j, g in enumerate(gs):
+            n_sel = shapes[j]
+            if n_sel == 0:
+                continue
+            p = s // g
+            d = delta[start:start + n_sel * g * g].view(n_sel, g, 1, g, 1, c)
+            update[choice == j] = d.expand(n_sel, g, p, g, p, c).reshape(n_sel, s, s, c)
+            start += n_sel * g * g
+        return update.permute(0, 1, 3, 2, 4, 5).reshape(b, h, w, c), tokens.shape[0]
+
+
+def _check_granularities(gs: tuple[int, ...], field: str) -> None:
+    region = gs[-1]
+    bad = [g for g in gs if region % g]
+    if bad:
+        raise ConfigError(
+            f"{field}: granularity {bad[0]} does not divide the region size {region} "
+            f"(the largest granularity); each must divide it, e.g. [1, 2, 4]"
+        )
+
+
+class DGESpec(MixerSpec):
+    """The Dynamic Grained Encoder: a router gives each region a granularity; wraps the whole block."""
+
+    name = "dge"
+    abbreviation = "dge"
+    color = "#ff7f0e"
+    params = (
+        SetParam("granularities", (1, 2, 4), "queries per region side; a region is max(set) tokens on a side",
+                 key=lambda s: (max(s), len(s)), check=_check_granularities),
+        FloatParam("gamma", 0.5, "the budget loss's target ratio of dynamic to static FLOPs", low=0.0, high=1.0,
+                   low_open=True, affects_cost=False),
+        IntParam("kv_reduction", 1, "PVT-style spatial reduction r of keys and values (r x r conv, stride r)",
+                 cost="smaller"),
+    )
+    wraps_block = True
+    ffn_types = ("mlp",)
+    input_dependent_cost = True
+
+    def label(self, mixer: MixerConfig) -> str:
+        r = f"-r{mixer.kv_reduction}" if mixer.kv_reduction > 1 else ""
+        return "dge" + "".join(str(g) for g in mixer.granularities) + r
+
+    def check(self, mixer: MixerConfig, stage: StageConfig, resolution: int, path: str) -> None:
+        s = max(mixer.granularities)
+        if resolution % s:
+            raise ConfigError(
+                f"{path}.granularities: region size {s} does not divide the stage resolution "
+                f"{resolution}x{resolution}; use a set whose largest value divides {resolution}"
+            )
+        if resolution % mixer.kv_reduction:
+            raise ConfigError(f"{path}.kv_reduction: {mixer.kv_reduction} does not divide the stage resolution "
+                              f"{resolution}")
+
+    def limits(self, options: Sequence[MixerConfig], stage: StageChoices, resolution: int) -> dict[str, Any]:
+        return {
+            "max_granularity": max(g for o in options for g in o.granularities),
+            "kv_reductions": sorted({o.kv_reduction for o in options if o.kv_reduction > 1}),
+        }
+
+    def build(self, dim: int, heads: int, limits: dict[str, Any], resolution: int) -> nn.Module:
+        return DynamicGrainedEncoder(dim, heads, limits["max_granularity"], limits["kv_reductions"])
+
+
+__all__ = ["DGESpec", "DynamicGrainedEncoder", "FINEST_PROBABILITY", "router_prior"]

@@ -1,0 +1,114 @@
+"""Refiner attention: window (or global) attention whose post-softmax maps are refined before weighting V.
+
+Refinement (Zhou et al., "Refiner: Refining Self-attention for Vision Transformers"), per block as in
+the paper: the maps A (B, H, N, N) are treated as an H-channel image of size N x N; attention expansion,
+a 1x1 conv H -> e*H over heads; distributed local attention, a depth-wise k x k conv (no bias, as in the
+released code) over each expanded map; then a 1x1 conv e*H -> H back to the heads. The released code's
+extras (BatchNorm and ReLU6 between the convs, a residual, refining every second block) are not used.
+
+With shifted windows, the refined maps are multiplied by the shift mask's allowed pairs: the convolutions
+would otherwise move weight back onto pairs the mask separated (tokens that the cyclic roll brought
+together from opposite borders), and those pairs get exactly zero weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from mixnas.search_space import IntParam, MixerConfig, StageChoices, StageConfig
+from mixnas.supernet.elastic import ElasticConv2d
+from mixnas.supernet.mixers._api import MixerContext
+from mixnas.supernet.mixers.window_attn import (
+    WindowAttention,
+    WindowAttentionSpec,
+    check_window,
+    effective_window,
+    window_limits,
+)
+
+
+class RefinerAttention(nn.Module):
+    """Multi-head attention with attention expansion and distributed local attention.
+
+    Args:
+        dim: largest channel width C.
+        heads: largest number of heads H.
+        bias_window: largest effective window needing a relative position bias; 0 for none.
+        expansion_ratio: largest e (expanded maps: e*H).
+        kernel_size: largest side of the depth-wise conv over the maps.
+        windows: effective windows the module will run (buffers built once).
+        resolution: the stage's map side, for the shift masks.
+    """
+
+    def __init__(
+        self, dim: int, heads: int, bias_window: int, expansion_ratio: int, kernel_size: int,
+        windows: Sequence[int] = (), resolution: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.attn = WindowAttention(dim, heads, bias_window, windows, resolution)
+        self.expand = ElasticConv2d(heads, expansion_ratio * heads, 1, bias=False)
+        self.local = ElasticConv2d(expansion_ratio * heads, expansion_ratio * heads, kernel_size, depthwise=True,
+                                   bias=False)
+        self.reduce = ElasticConv2d(expansion_ratio * heads, heads, 1, bias=False)
+
+    def refine(self, attn: Tensor, heads: int, expansion_ratio: int, kernel_size: int) -> Tensor:
+        """(M, H, N, N) softmax maps -> (M, H, N, N) refined maps."""
+        a = self.expand(attn, out_channels=expansion_ratio * heads)
+        a = self.local(a, kernel_size=kernel_size)
+        return self.reduce(a, out_channels=heads)
+
+    def forward(self, x: Tensor, ctx: MixerContext) -> Tensor:
+        """x: (B, H, W, C), already normalised -> (B, H, W, C)."""
+        b, h, w, c = x.shape
+        m, heads = ctx.mixer, ctx.heads
+        window, shift = effective_window(m.window_size, h, ctx.block_index)
+        q, k, v, mask, shift_mask = self.attn.attention_inputs(x, heads, window, shift, m.rel_pos_bias)
+        scores = (q * (c // heads) ** -0.5) @ k.transpose(-2, -1)  # (B, nW, heads, N, N)
+        if mask is not None:
+            scores = scores + mask
+        nw, n = scores.shape[1], scores.shape[3]
+        maps = scores.softmax(dim=-1).reshape(b * nw, heads, n, n)
+        maps = self.refine(maps, heads, m.expansion_ratio, m.kernel_size).view(b, nw, heads, n, n)
+        if shift_mask is not None:
+            maps = maps * (shift_mask == 0).to(maps.dtype)  # (1, nW, 1, N, N): zero across the roll's seams
+        out = torch.matmul(maps, v)  # (B, nW, heads, N, head_dim)
+        return self.attn.merge_windows(out, h, w, window, shift)
+
+
+class RefinerSpec(WindowAttentionSpec):
+    """Refiner attention; windowed as window_attn, global when the window covers the map."""
+
+    name = "refiner"
+    abbreviation = "ref"
+    color = "#9467bd"
+    params = (
+        IntParam("window_size", 7, "window side in tokens; >= the stage resolution is global attention"),
+        IntParam("expansion_ratio", 3, "attention expansion e: heads H -> e*H maps"),
+        IntParam("kernel_size", 3, "side of the depth-wise conv over the expanded maps", odd=True),
+        WindowAttentionSpec.params[1],  # rel_pos_bias
+    )
+
+    def label(self, mixer: MixerConfig) -> str:
+        return f"ref-w{mixer.window_size}e{mixer.expansion_ratio}k{mixer.kernel_size}"
+
+    def check(self, mixer: MixerConfig, stage: StageConfig, resolution: int, path: str) -> None:
+        check_window(mixer, resolution, path)
+
+    def cost_key(self, mixer: MixerConfig, resolution: int) -> dict[str, Any]:
+        return {"window_size": min(mixer.window_size, resolution), "expansion_ratio": mixer.expansion_ratio,
+                "kernel_size": mixer.kernel_size, "rel_pos_bias": mixer.rel_pos_bias}
+
+    def limits(self, options: Sequence[MixerConfig], stage: StageChoices, resolution: int) -> dict[str, Any]:
+        return {
+            **window_limits(options, resolution),
+            "expansion_ratio": max(o.expansion_ratio for o in options),
+            "kernel_size": max(o.kernel_size for o in options),
+        }
+
+    def build(self, dim: int, heads: int, limits: dict[str, Any], resolution: int) -> nn.Module:
+        return RefinerAttention(dim, heads, limits["bias_window"], limits["expansion_ratio"], limits["kernel_size"],
+                                limits["windows"], resolution)

@@ -1,0 +1,314 @@
+"""Supernet training: the sandwich rule with in-place distillation, DGE's budget loss, DDP under torchrun.
+
+Each step trains the space's largest architecture on the labels (label-smoothed cross-entropy), then the
+smallest and ``num_random`` random architectures on the largest's soft predictions (in-place
+distillation), plus DGE's budget loss for architectures that use it. All of a step's architectures run
+in one forward of ``SandwichLoss`` so that one backward, and under ``torchrun`` one DistributedDataParallel
+all-reduce, covers them. The loop itself (optimiser, schedule, resume, checkpoints) is ``fit``.
+
+Run directory: see ``mixnas.run_dir.RunDir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from torch import Tensor, nn
+
+from mixnas.atomic import atomic_write_text
+from mixnas.device import resolve_device
+from mixnas.errors import CheckpointError, ConfigError
+from mixnas.run_dir import RunDir, changed_setting
+from mixnas.search_space import ArchConfig, SearchSpace
+from mixnas.supernet import Supernet, budget_loss
+from mixnas.training._loop import DistributedContext, Schedule, StepInfo, StepResult, epoch_seed, fit
+from mixnas.training.batchnorm import subnet_accuracy
+
+METRIC_COLUMNS = [
+    "epoch", "train_loss", "images_per_s", "lr", "val_acc_largest", "val_acc_smallest", "epoch_seconds",
+]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Supernet training settings (saved in the run directory; a resumed run must use the same).
+
+    Args:
+        data: dataset spec (``digits``, ``cifar:PATH``, ``imagefolder:PATH``).
+        epochs: total epochs (may be raised on a later run to train further).
+        batch_size: images per step (per process under torchrun).
+        lr: peak learning rate (AdamW).
+        weight_decay: AdamW weight decay (not applied to norms, biases, position tables).
+        warmup_epochs: linear warm-up before the cosine decay.
+        label_smoothing: for the largest architecture's cross-entropy.
+        num_random: random architectures per step besides the largest and the smallest.
+        distill: smaller architectures learn from the largest's soft predictions (else from labels).
+        rotate_mixers: the sandwich's largest and smallest take each common mixer in turn, step by step
+            (off by default: on the 5-epoch demo it left the supernet at chance, see the README).
+        budget_weight: weight of DGE's budget loss.
+        clip_grad: gradient-norm clip (0 disables).
+        seed: seeds every random choice of the run.
+        steps_per_epoch: cap on steps per epoch (0 = a full pass over the training set).
+        calib_batches: training batches used to recalibrate BatchNorm before each validation.
+        workers: DataLoader worker processes.
+    """
+
+    data: str = "digits"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    num_random: int = 2
+    distill: bool = True
+    rotate_mixers: bool = False
+    budget_weight: float = 1.0
+    clip_grad: float = 5.0
+    seed: int = 0
+    steps_per_epoch: int = 0
+    calib_batches: int = 10
+    workers: int = 0
+
+    def differs_from(self, other: TrainConfig) -> str | None:
+        """The first setting (other than epochs) that differs, or None."""
+        return changed_setting(self, other, "the run directory")
+
+    def schedule(self) -> Schedule:
+        return Schedule(
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+            warmup_epochs=self.warmup_epochs, clip_grad=self.clip_grad, seed=self.seed,
+            steps_per_epoch=self.steps_per_epoch, workers=self.workers,
+        )
+
+
+# --------------------------------------------------------------------------------------- distributed
+def init_distributed(device: torch.device) -> DistributedContext:
+    """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistributedContext()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def parameter_checksum(model: nn.Module) -> float:
+    """A float that differs when any parameter differs (for checking ranks agree)."""
+    with torch.no_grad():
+        return float(sum((p.double() * (i + 1)).sum() for i, p in enumerate(model.parameters())))
+
+
+def check_ranks_in_sync(model: nn.Module, run: RunDir, ctx: DistributedContext) -> None:
+    """After DDP training every rank must hold the same weights; rank 0 records that it checked."""
+    mine = torch.tensor([parameter_checksum(model)], dtype=torch.float64)
+    gathered = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(gathered, mine)
+    values = [float(t) for t in gathered]
+    in_sync = max(values) - min(values) <= 1e-6 * max(1.0, abs(values[0]))
+    if ctx.is_main:
+        atomic_write_text(
+            run.distributed_report,
+            json.dumps({"world_size": ctx.world_size, "checksums": values, "ranks_in_sync": in_sync}, indent=2),
+        )
+    if not in_sync:
+        raise RuntimeError(f"ranks ended with different weights: {values}")
+
+
+# ------------------------------------------------------------------------------------------ the step
+class SandwichLoss(nn.Module):
+    """The sandwich step's total loss over several architectures in one forward.
+
+    Args:
+        supernet: the network being trained.
+        label_smoothing: for the largest architecture's cross-entropy.
+        distill: smaller architectures learn from the largest's soft predictions.
+        budget_weight: weight of DGE's budget loss.
+    """
+
+    def __init__(self, supernet: Supernet, label_smoothing: float, distill: bool, budget_weight: float) -> None:
+        super().__init__()
+        self.supernet = supernet
+        self.hard = LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing > 0 else nn.CrossEntropyLoss()
+        self.soft = SoftTargetCrossEntropy()
+        self.distill, self.budget_weight = distill, budget_weight
+
+    def forward(self, x: Tensor, y: Tensor, archs: list[ArchConfig]) -> tuple[Tensor, Tensor]:
+        """Returns (sum of the architectures' losses, the largest's loss), archs[0] being the largest."""
+        total = x.new_zeros(())
+        teacher = None
+        first = x.new_zeros(())
+        for i, arch in enumerate(archs):
+            logits, costs = self.supernet.forward_with_costs(x, arch)
+            loss = self.hard(logits, y) if i == 0 or not self.distill else self.soft(logits, teacher)
+            if i == 0:
+                teacher = F.softmax(logits.detach().float(), dim=-1)
+                first = loss.detach()
+            budget = budget_loss(costs)
+            if budget is not None:
+                loss = loss + self.budget_weight * budget
+            total = total + loss
+        return total, first
+
+
+def sandwich_archs(space: SearchSpace, rng: random.Random, config: TrainConfig, step: int) -> list[ArchConfig]:
+    """The step's architectures: the largest (the teacher), the smallest, and ``num_random`` samples.
+
+    With ``rotate_mixers`` the largest and smallest use, step by step in turn, each mixer offered in every
+    stage, so that every mixer is trained at its extremes and distilled from a teacher of its own kind;
+    otherwise each stage's first-listed mixer.
+    """
+    kinds = space.mixer_types() if config.rotate_mixers else []
+    mixer = kinds[step % len(kinds)] if kinds else None
+    return [space.largest(mixer), space.smallest(mixer)] + [space.sample(rng) for _ in range(config.num_random)]
+
+
+# ---------------------------------------------------------------------------------------- run files
+def read_space(run_dir: str | Path | RunDir) -> SearchSpace:
+    """The search space a run directory was trained on."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not run.space_file.is_file():
+        raise CheckpointError(f"{run.path}: not a supernet run directory (no {RunDir.SPACE}); train one first")
+    return SearchSpace.from_yaml(run.space_file)
+
+
+def read_config(run_dir: str | Path | RunDir) -> TrainConfig:
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    return run.read_settings(TrainConfig)
+
+
+def check_run_dir(run: RunDir, space: SearchSpace, config: TrainConfig) -> None:
+    """Refuse an existing run directory started with another space or other settings (writes nothing)."""
+    if run.space_file.exists():
+        if read_space(run).to_dict() != space.to_dict():
+            raise CheckpointError(
+                f"{run.space_file}: this run was trained on a different search space; "
+                f"use another --out or the same --space"
+            )
+        run.check_settings(config)
+
+
+def prepare_run_dir(run_dir: str | Path, space: SearchSpace, config: TrainConfig) -> None:
+    """Create a run directory, or check that an existing one was started with the same space and config."""
+    run = RunDir(run_dir)
+    check_run_dir(run, space, config)
+    run.path.mkdir(parents=True, exist_ok=True)
+    if not run.space_file.exists():
+        space.to_yaml(run.space_file)
+    run.write_settings(config)
+
+
+def resolve_num_classes(space: SearchSpace, num_classes: int, data: str, override: int | None = None,
+                        say: Any = None) -> SearchSpace:
+    """The space with its head sized for the data: ``auto`` takes the dataset's count (one line says so),
+    ``override`` (``--num-classes``) wins, and an explicit count that mismatches the data is refused."""
+    if override is not None:
+        if override != num_classes:
+            raise ConfigError(f"--num-classes: {override}, but {data} has {num_classes} classes")
+        return space.with_num_classes(override)
+    if space.num_classes is None:
+        if say is not None:
+            say(f"num_classes: auto -> {num_classes} (the classes of {data})")
+        return space.with_num_classes(num_classes)
+    if space.num_classes != num_classes:
+        raise ConfigError(
+            f"num_classes: the space has {space.num_classes} classes but {data} has {num_classes}; "
+            f"set num_classes: auto (or {num_classes}) in the space"
+        )
+    return space
+
+
+# -------------------------------------------------------------------------------------- the trainer
+def train_supernet(
+    space: SearchSpace, run_dir: str | Path, config: TrainConfig, device: str = "auto", progress: bool = True,
+    stop_after_epoch: int | None = None, num_classes: int | None = None,
+) -> list[dict[str, Any]]:
+    """Train (or resume training) a supernet into ``run_dir``; returns the per-epoch metrics.
+
+    Everything is checked (the dataset, the run directory, the checkpoint) before a file is written, so a
+    refused command leaves no half-made directory.
+
+    Args:
+        space: the search space (``num_classes: auto`` takes the dataset's class count).
+        run_dir: where the space, config, checkpoints and metrics live.
+        config: the training settings.
+        device: ``auto``, ``cpu`` or ``cuda`` (the local GPU under torchrun).
+        progress: show a progress bar and a line per epoch.
+        stop_after_epoch: stop once this epoch is done (tests use it to simulate an interruption).
+        num_classes: override the space's class count (it must match the dataset's).
+    """
+    from mixnas.data import load_dataset, make_loader
+
+    run = RunDir(run_dir)
+    dev = resolve_device(device)
+    ctx = init_distributed(dev)
+    if dev.type == "cuda" and ctx.world_size > 1:
+        dev = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(dev)
+    say = print if (progress and ctx.is_main) else None
+    bundle = load_dataset(config.data, space.input_size, seed=config.seed)
+    space = resolve_num_classes(space, bundle.num_classes, config.data, num_classes, say)
+    check_run_dir(run, space, config)
+
+    torch.manual_seed(config.seed)
+    supernet = Supernet(space).to(dev)
+    sandwich = SandwichLoss(supernet, config.label_smoothing, config.distill, config.budget_weight)
+    step_module: nn.Module = sandwich
+    sampler = None
+    if ctx.world_size > 1:
+        step_module = nn.parallel.DistributedDataParallel(
+            sandwich, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True
+        )
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            bundle.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
+        )
+    val_loader = make_loader(bundle.val, 256, shuffle=False)
+
+    def step(x: Tensor, y: Tensor, info: StepInfo) -> StepResult:
+        total, largest = step_module(x, y, sandwich_archs(space, info.rng, config, info.index))
+        return StepResult(total, largest)
+
+    def end_of_epoch(epoch: int) -> dict[str, Any]:
+        supernet.eval()
+        row = {}
+        for key, arch in (("val_acc_largest", space.largest()), ("val_acc_smallest", space.smallest())):
+            # Seeded by the epoch (not one loader for the whole call) so a resumed run recalibrates on the
+            # same batches as an uninterrupted one; both architectures see the same batches.
+            calib = make_loader(bundle.calib, config.batch_size, shuffle=True, seed=epoch_seed(config.seed, epoch))
+            row[key] = round(subnet_accuracy(supernet, arch, calib, val_loader, dev, config.calib_batches), 3)
+        return row
+
+    def prepare() -> None:
+        if ctx.is_main:
+            prepare_run_dir(run.path, space, config)
+        if ctx.world_size > 1:
+            dist.barrier()
+
+    def describe(row: dict[str, Any]) -> str:
+        return (f"epoch {row['epoch']}/{config.epochs}: loss {row['train_loss']:.3f}, {row['images_per_s']:.0f} img/s, "
+                f"val top-1 largest {row['val_acc_largest']:.2f}%, smallest {row['val_acc_smallest']:.2f}% "
+                f"({row['epoch_seconds']:.0f}s)")
+
+    history = fit(
+        supernet, step, bundle.train, config.schedule(), dev, run=run, data=config.data, end_of_epoch=end_of_epoch,
+        columns=METRIC_COLUMNS, describe=describe, prepare=prepare, progress=progress, desc="supernet",
+        stop_after_epoch=stop_after_epoch, distributed=ctx, sampler=sampler,
+    )
+    if ctx.world_size > 1:
+        check_ranks_in_sync(supernet, run, ctx)
+    return history
+
+
+__all__ = [
+    "METRIC_COLUMNS", "SandwichLoss", "TrainConfig", "check_run_dir", "init_distributed", "prepare_run_dir",
+    "read_config", "read_space", "resolve_num_classes", "sandwich_archs", "train_supernet",
+]

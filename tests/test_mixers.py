@@ -530,3 +530,147 @@ def test_supernet_extract_matches(mixer: str) -> None:
             torch.testing.assert_close(sub(x), expected, rtol=1e-5, atol=1e-5)
         outputs.append(expected)
     assert not torch.allclose(outputs[0], outputs[1])  # the archs do run different networks
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fidelity to the papers' code (the mixer-fidelity issue)
+
+
+def test_refiner_keeps_the_shift_mask_after_refinement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refinement's convolutions would move weight back onto pairs the shift mask separated (tokens the
+    cyclic roll brought together from opposite borders); the refined maps are masked again, so those pairs
+    weigh exactly zero. The depth-wise conv over the maps has no bias (as released): a bias would add weight
+    to every entry, masked ones included."""
+    import types
+
+    import mixnas.supernet.mixers.refiner as refiner_module
+    from mixnas.supernet.mixers.window_attn import shift_attention_mask
+
+    torch.manual_seed(0)
+    refiner = RefinerAttention(16, 2, 4, 3, 3)
+    assert refiner.local.bias is None
+    with torch.no_grad():
+        for conv in (refiner.expand, refiner.local, refiner.reduce):
+            conv.weight.normal_(std=0.5)  # a refinement that mixes heads and neighbouring pairs strongly
+    maps: list[Tensor] = []
+
+    def matmul(a: Tensor, b: Tensor) -> Tensor:
+        maps.append(a.detach())
+        return torch.matmul(a, b)
+
+    monkeypatch.setattr(refiner_module, "torch", types.SimpleNamespace(matmul=matmul))
+    config = {"type": "refiner", "window_size": 4, "expansion_ratio": 3, "kernel_size": 3}
+    with torch.no_grad():
+        call(refiner, torch.randn(2, 8, 8, 16), config, 2, block_index=1)  # odd block: shifted by 2
+    (refined,) = maps  # (B, nW, heads, N, N)
+    masked = (shift_attention_mask(8, 8, 4, 2) != 0)[None, :, None].expand_as(refined)
+    assert masked.any() and (refined[masked] == 0).all()
+    assert (refined[~masked] != 0).float().mean() > 0.99  # allowed pairs keep their (refined) weight
+
+
+def test_dge_drop_path_applies_to_attention_and_ffn_separately(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mixnas.supernet.mixers.dge as dge_module
+
+    calls: list[tuple[tuple[int, ...], float]] = []
+    original = dge_module.drop_path
+
+    def spy(x: Tensor, prob: float = 0.0, training: bool = False, **kw: Any) -> Tensor:
+        calls.append((tuple(x.shape), prob))
+        return original(x, prob, training, **kw)
+
+    monkeypatch.setattr(dge_module, "drop_path", spy)
+    torch.manual_seed(0)
+    model = build_model(make_arch({"type": "dge", "granularities": [1, 2]}, stages=1, depth=2,
+                                  drop_path_rate=0.5)).train()
+    model(images())
+    # Two blocks (rates 0 and 0.5), two granularities each, attention and FFN each: 8 calls, in pairs.
+    assert len(calls) == 8
+    assert [p for _, p in calls] == [0.0] * 4 + [0.5] * 4
+    assert calls[0][0] == calls[1][0]  # the attention update and the FFN update of the same queries
+
+
+def test_dge_kv_reduction_is_a_learned_strided_conv_then_layer_norm() -> None:
+    torch.manual_seed(0)
+    _, model = dge_setup([1, 2], kv_reduction=2)
+    dge = dge_modules(model)[0]
+    conv = dge.kv_reduce["2"]
+    assert conv.weight.shape == (16, 16, 2, 2) and conv.stride == 2 and conv.bias is not None
+    assert dge.kv_norm is not None and dge.kv_norm.eps == 1e-5  # PVT's plain nn.LayerNorm
+    model.eval()
+    x = images()
+    with torch.no_grad():
+        before = model(x)
+        conv.weight.mul_(2.0)
+        assert not torch.allclose(model(x), before)  # the reduction is a learned layer, not a fixed pool
+
+
+def unfold_reference(x: Tensor, kernels: Tensor, k: int) -> Tensor:
+    """The per-position depth-wise conv as F.unfold computes it (a k*k-fold copy of x)."""
+    b, c, h, w = x.shape
+    g = kernels.shape[1]
+    patches = F.unfold(x, k, padding=k // 2).view(b, g, c // g, k * k, h * w)
+    return torch.einsum("bgckn,bgkn->bgcn", patches, kernels.view(b, g, k * k, h * w)).reshape(b, c, h, w)
+
+
+@pytest.mark.parametrize("k, groups", [(3, 4), (5, 2), (7, 16)])
+def test_inhomogeneous_dwconv_equals_the_unfolded_computation(k: int, groups: int) -> None:
+    from mixnas.supernet.mixers.dyn_dwconv import per_position_dwconv
+
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 16, 7, 6, generator=gen, requires_grad=True)
+    kernels = torch.randn(2, groups, k * k, 7, 6, generator=gen, requires_grad=True)
+    ours = per_position_dwconv(x, kernels, k)
+    ref = unfold_reference(x, kernels, k)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    g1 = torch.autograd.grad(ours.square().sum(), (x, kernels))
+    g2 = torch.autograd.grad(ref.square().sum(), (x, kernels))
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_inhomogeneous_dwconv_groups_are_dim_over_heads() -> None:
+    """As the official code: heads are channels per group, so a 16-channel stage with 2 heads predicts
+    8 kernels per position, each shared by 2 neighbouring channels."""
+    arch = make_arch({"type": "dyn_dwconv", "kernel_size": 3, "inhomogeneous": True}, stages=1)
+    model = build_model(arch)
+    generator = model.stages[0].blocks[0].mixers["dyn_dwconv"].i_generate
+    assert generator.weight.shape[0] == 16 // 2
+
+
+def test_heads_are_sliced_head_by_head() -> None:
+    """Fixed heads, shrinking width (3 heads, dims 72 / 96): a subnet's head j is the supernet's head j
+    narrowed to its leading channels, not a mix of two supernet heads."""
+    torch.manual_seed(0)
+    space = SearchSpace.from_dict({
+        "input_size": INPUT, "num_classes": 5, "patch_size": PATCH,
+        "stages": [{"depth": [1], "dim": [72, 96], "heads": [3], "mixers": {"window_attn": {"window_size": [8]}}}],
+    })
+    supernet = Supernet(space)
+    small = space.smallest()
+    sub = supernet.extract(small)
+    held = supernet.stages[0].blocks[0].mixers["window_attn"].qkv.weight  # (3, 96, 96): q, k, v
+    got = sub.stages[0].blocks[0].mixers["window_attn"].qkv.weight  # (3, 72, 72)
+    for head in range(3):
+        torch.testing.assert_close(got[:, head * 24:(head + 1) * 24], held[:, head * 32:head * 32 + 24, :72])
+    proj_held = supernet.stages[0].blocks[0].mixers["window_attn"].proj.weight  # (96, 96)
+    proj = sub.stages[0].blocks[0].mixers["window_attn"].proj.weight  # (72, 72)
+    torch.testing.assert_close(proj[:, 24:48], proj_held[:72, 32:56])
+    supernet.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(sub.eval()(images()), supernet(images(), small), rtol=1e-5, atol=1e-5)
+
+
+def test_local_ffn_has_no_drop_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mixnas.supernet.backbone as backbone
+
+    rates: list[float] = []
+    original = backbone.drop_path
+
+    def spy(x: Tensor, prob: float = 0.0, training: bool = False, **kw: Any) -> Tensor:
+        rates.append(prob)
+        return original(x, prob, training, **kw)
+
+    monkeypatch.setattr(backbone, "drop_path", spy)
+    model = build_model(make_arch(WINDOW_ATTN, {"type": "local", "se": False}, stages=1, drop_path_rate=0.5))
+    model.train()(images())
+    assert rates == [0.0, 0.5]  # the mixer's update in each of the two blocks; the local FFN takes none

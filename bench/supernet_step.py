@@ -400,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device(args.device)
     space = SearchSpace.from_yaml(args.space)
+    if space.num_classes_auto:  # the benchmarks run on digits
+        space = space.with_num_classes(10)
     if args.memory_probe:
         print(json.dumps(memory_probe(space, args.memory_probe, args, device)))
         return 0

@@ -197,6 +197,13 @@ def search_settings_from_args(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from mixnas.lock import drive
+
+    with drive(args.run_dir, "search", create=False):  # refused at once while another process drives it
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
     from mixnas.search import CandidateEvaluator
 
     settings = search_settings_from_args(args)

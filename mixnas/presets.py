@@ -90,6 +90,7 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
     from mixnas.search.optuna_runner import run_optuna_search
     from mixnas.search_space import SearchSpace
     from mixnas.training import TrainConfig, train_supernet
+    from mixnas.lock import drive
     from mixnas.trials import load_trials, parse_objectives
 
     out = Path(out)
@@ -106,15 +107,16 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
     evaluation = EvalSettings(device=preset.device, latency_runs=preset.latency_runs,
                               latency_max_seconds=preset.latency_max_seconds, val_limit=preset.val_limit,
                               flops_images=preset.flops_images)
-    evaluator = CandidateEvaluator(out, evaluation)
-    run_optuna_search(out, SearchSettings(trials=n, objectives=objectives), evaluator, progress=progress)
-    say("[3/4] results")
-    table = load_trials(out)
-    index = write_pages(table, out / "pages", list(objectives), title=f"mixnas {preset.name}: {out.name}")
-    say(pareto_table(table, list(objectives)))
-    say("[4/4] export of the Pareto front")
-    exported = export_architectures(out, out / "exported", pareto=True, objectives=objectives,
-                                    weights=evaluator.prepare, progress=progress)
+    with drive(out, f"mixnas run --preset {preset.name}"):  # search, pages and export under one lock
+        evaluator = CandidateEvaluator(out, evaluation)
+        run_optuna_search(out, SearchSettings(trials=n, objectives=objectives), evaluator, progress=progress)
+        say("[3/4] results")
+        table = load_trials(out)
+        index = write_pages(table, out / "pages", list(objectives), title=f"mixnas {preset.name}: {out.name}")
+        say(pareto_table(table, list(objectives)))
+        say("[4/4] export of the Pareto front")
+        exported = export_architectures(out, out / "exported", pareto=True, objectives=objectives,
+                                        weights=evaluator.prepare, progress=progress)
     say(f"Pareto page:      {index}")
     say(f"exported configs: {out / 'exported'} ({len(exported)} architectures, with weights)")
     return {"index": index, "exported": out / "exported"}

@@ -16,6 +16,7 @@ PACKAGE = Path(mixnas.__file__).resolve().parent
 # only within their own package.
 LAYERS = {
     "mixnas.errors": 0, "mixnas.atomic": 0, "mixnas.device": 0, "mixnas.run_dir": 0, "mixnas.trials": 0,
+    "mixnas.lock": 0,
     "mixnas.search_space": 1, "mixnas.packaged": 1,
     "mixnas.supernet": 2, "mixnas.data": 2,
     "mixnas.training": 3,

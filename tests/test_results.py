@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from browser import find_chromium, render_page, screenshot
+from shipped import shipped_space
 
 from mixnas.results import (
     TRIAL_COLUMNS,
@@ -34,7 +35,7 @@ from mixnas.results import (
     write_pages,
 )
 from mixnas.results.pages import PAGE_FILES, scatter3d_figure, scatter_figure
-from mixnas.search_space import ArchConfig, SearchSpace
+from mixnas.search_space import ArchConfig
 from mixnas.trials import empty_trials
 
 DEMO_SPACE = Path(__file__).resolve().parents[1] / "mixnas" / "configs" / "spaces" / "demo.yaml"
@@ -63,7 +64,7 @@ def _row(number: int, arch: ArchConfig, rng: np.random.Generator, **over: object
 def make_trials(n: int = 30, seed: int = 0) -> pd.DataFrame:
     """Real architectures from the demo space with made-up objectives: a couple of failures, a couple
     of infeasible trials, three references."""
-    space = SearchSpace.from_yaml(DEMO_SPACE)
+    space = shipped_space(DEMO_SPACE)
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):

@@ -14,6 +14,7 @@ import optuna
 import pytest
 import torch
 import yaml
+from shipped import shipped_space
 
 from mixnas import ArchConfig, ConfigError, SearchSpace, build_model
 
@@ -154,7 +155,7 @@ def no_weight_init() -> Iterator[None]:
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
 def test_every_sample_validates_builds_and_is_in_the_space(path: Path) -> None:
-    space = SearchSpace.from_yaml(path)
+    space = shipped_space(path)
     rng = random.Random(0)
     seen = set()
     with no_weight_init():
@@ -178,7 +179,7 @@ def test_every_sample_validates_builds_and_is_in_the_space(path: Path) -> None:
 def test_samples_build_and_run(path: Path) -> None:
     """With real initialisation: every mixer type at the space's extremes and a spread of random samples
     build and run a forward pass."""
-    space = SearchSpace.from_yaml(path)
+    space = shipped_space(path)
     n = 40 if space.input_size <= 64 else 6
     archs = [space.sample(i) for i in range(n)] + [space.largest(), space.smallest()]
     archs += [space.largest(m) for m in space.mixer_types()]
@@ -222,7 +223,7 @@ def test_space_rejects_impossible_combinations() -> None:
 
 
 def test_contains_names_the_field_outside_the_space() -> None:
-    space = SearchSpace.from_yaml(ROOT / "mixnas" / "configs" / "spaces" / "demo.yaml")
+    space = shipped_space(ROOT / "mixnas" / "configs" / "spaces" / "demo.yaml")
     arch = space.largest()
     d = arch.to_dict()
     d["stages"][1]["dim"] = 80
@@ -232,7 +233,7 @@ def test_contains_names_the_field_outside_the_space() -> None:
 
 
 def test_optuna_suggests_only_the_chosen_mixers_parameters() -> None:
-    space = SearchSpace.from_yaml(ROOT / "mixnas" / "configs" / "spaces" / "demo.yaml")
+    space = shipped_space(ROOT / "mixnas" / "configs" / "spaces" / "demo.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     mixers_seen = set()
@@ -262,3 +263,56 @@ def test_optuna_suggests_only_the_chosen_mixers_parameters() -> None:
                 encoded = "-".join(map(str, value)) if isinstance(value, tuple) else value
                 params[f"s{i}.{stage.mixer.type}.{name}"] = encoded
     assert space.suggest(optuna.trial.FixedTrial(params)) == target
+
+
+ARCH_FLOATS = {
+    "stages.0.mlp_ratio": "stages[0].mlp_ratio",
+    "drop_path_rate": "drop_path_rate",
+    "layer_norm_eps": "layer_norm_eps",
+    "stages.0.mixer": "stages[0].mixer.gamma",  # a DGE mixer with the bad gamma
+}
+
+
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("path", sorted(ARCH_FLOATS))
+def test_non_finite_numbers_in_an_architecture_are_refused(path: str, text: str, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    value = yaml.safe_load(text)
+    if path == "stages.0.mixer":
+        value = {"type": "dge", "granularities": [1, 2], "gamma": value}
+    d = edit(path, value)
+    with pytest.raises(ConfigError) as err:
+        ArchConfig.from_dict(d, source="arch.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"arch.yaml: {ARCH_FLOATS[path]}: ") and "finite" in msg and "\n" not in msg
+    file = tmp_path / "arch.yaml"
+    file.write_text(yaml.safe_dump(d))  # YAML writes them back as .inf / .nan
+    from mixnas.cli import main
+
+    assert main(["profile", str(file), "--no-latency"]) == 2
+    err_text = capsys.readouterr().err
+    assert err_text.startswith("mixnas: error: ") and err_text.count("\n") == 1 and "Traceback" not in err_text
+
+
+SPACE_FLOATS = ["mlp_ratio", "drop_path_rate", "layer_norm_eps", "gamma"]
+
+
+@pytest.mark.parametrize("text", [".inf", ".nan"])
+@pytest.mark.parametrize("field", SPACE_FLOATS)
+def test_non_finite_numbers_in_a_space_are_refused(field: str, text: str) -> None:
+    value = yaml.safe_load(text)
+    stage = {"depth": [1], "dim": [16], "heads": [2], "mlp_ratio": [2.0],
+             "mixers": {"dge": {"granularities": [[1, 2]], "gamma": [0.5]}}}
+    d: dict = {"input_size": 32, "num_classes": 10, "patch_size": 4, "stages": [stage]}
+    where = {"mlp_ratio": "stages[0].mlp_ratio[1]", "drop_path_rate": "drop_path_rate",
+             "layer_norm_eps": "layer_norm_eps", "gamma": "stages[0].mixers.dge.gamma[0]"}[field]
+    if field == "mlp_ratio":
+        stage["mlp_ratio"] = [2.0, value]
+    elif field == "gamma":
+        stage["mixers"]["dge"]["gamma"] = [value]
+    else:
+        d[field] = value
+    with pytest.raises(ConfigError) as err:
+        SearchSpace.from_dict(d, source="space.yaml")
+    msg = str(err.value)
+    assert msg.startswith(f"space.yaml: {where}: ") and "finite" in msg and "\n" not in msg

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from shipped import shipped_space
 
-from mixnas import ArchConfig, ConfigError, SearchSpace, Supernet, build_model
+from mixnas import ArchConfig, ConfigError, Supernet, build_model
 from mixnas.search.profiler import count_params
 
 SPACES = Path(__file__).resolve().parents[1] / "mixnas" / "configs" / "spaces"
@@ -28,7 +29,7 @@ def randomise_batchnorm(net: torch.nn.Module, seed: int) -> None:
 
 @pytest.mark.parametrize("space_name", ["demo", "cifar", "imagenet"])
 def test_extract_matches_the_supernet_on_50_architectures(space_name: str) -> None:
-    space = SearchSpace.from_yaml(SPACES / f"{space_name}.yaml")
+    space = shipped_space(SPACES / f"{space_name}.yaml")
     torch.manual_seed(0)
     net = Supernet(space).eval()
     with torch.no_grad():
@@ -49,7 +50,7 @@ def test_extract_matches_the_supernet_on_50_architectures(space_name: str) -> No
 
 
 def test_architecture_outside_the_space_is_refused() -> None:
-    space = SearchSpace.from_yaml(SPACES / "demo.yaml")
+    space = shipped_space(SPACES / "demo.yaml")
     net = Supernet(space)
     d = space.largest().to_dict()
     d["stages"][0]["dim"] = 40
@@ -65,7 +66,7 @@ def test_architecture_outside_the_space_is_refused() -> None:
 
 def test_weights_are_shared_between_architectures() -> None:
     """A smaller kernel is the centre of the larger one; a narrower layer is the leading slice."""
-    space = SearchSpace.from_yaml(SPACES / "demo.yaml")
+    space = shipped_space(SPACES / "demo.yaml")
     net = Supernet(space)
     big = space.largest("dwconv")
     d = big.to_dict()
@@ -90,7 +91,7 @@ def test_weights_are_shared_between_architectures() -> None:
 def test_sandwich_rotates_the_mixer_of_its_largest_and_smallest() -> None:
     from mixnas.training import TrainConfig, sandwich_archs
 
-    space = SearchSpace.from_yaml(SPACES / "demo.yaml")
+    space = shipped_space(SPACES / "demo.yaml")
     rng = random.Random(0)
     kinds = space.mixer_types()
     seen = []

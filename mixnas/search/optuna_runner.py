@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from mixnas.errors import ConfigError
+from mixnas.lock import drive
 from mixnas.run_dir import RunDir
 from mixnas.search._shared import (
     Limits,
@@ -188,8 +189,18 @@ def _tell_repeat(study: optuna.Study, trial: optuna.trial.Trial, first: optuna.t
 def run_optuna_search(
     run_dir: str | Path, settings: SearchSettings, evaluator: CandidateEvaluator, progress: bool = True,
 ) -> pd.DataFrame:
-    """Run (or resume) the search until ``settings.trials`` trials have finished; returns the trial table."""
-    run_dir = Path(run_dir)
+    """Run (or resume) the search until ``settings.trials`` trials have finished; returns the trial table.
+
+    Raises:
+        RunLockedError: another process drives the run directory.
+    """
+    with drive(run_dir, "search"):
+        return _run_optuna_search(Path(run_dir), settings, evaluator, progress)
+
+
+def _run_optuna_search(
+    run_dir: Path, settings: SearchSettings, evaluator: CandidateEvaluator, progress: bool,
+) -> pd.DataFrame:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(run_dir, settings)
     check_settings(run_dir, evaluator.settings)

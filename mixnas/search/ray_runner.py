@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 
 from mixnas.atomic import atomic_write_text
 from mixnas.errors import CheckpointError, ConfigError
+from mixnas.lock import drive
 from mixnas.run_dir import RunDir
 from mixnas.search._shared import Limits, SearchSettings, failure_reason, reference_rows, score, trial_record
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
@@ -467,7 +468,13 @@ def run_ray_search(
         ConfigError: the restored experiment optimised other objectives or scored candidates with other
             settings, or a local Ray instance cannot give a trial the resources it asks for.
     """
-    run_dir = Path(run_dir).resolve()
+    with drive(run_dir, "search --backend ray"):
+        return _run_ray_search(Path(run_dir).resolve(), settings, evaluation, ray_settings, progress)
+
+
+def _run_ray_search(
+    run_dir: Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings, progress: bool,
+) -> pd.DataFrame:
     run = RunDir(run_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = read_space(run)

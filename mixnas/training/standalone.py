@@ -13,6 +13,7 @@ Raising ``epochs`` trains further; any other change of settings is refused. Outp
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from mixnas.device import resolve_device
 from mixnas.errors import CheckpointError, ConfigError
+from mixnas.lock import drive
 from mixnas.run_dir import RunDir, changed_setting
 from mixnas.search_space import ArchConfig
 from mixnas.supernet import build_model
@@ -184,8 +186,11 @@ def train_architecture(
         total = loss if budget is None else loss + budget
         return StepResult(total, loss.detach(), int((logits.detach().argmax(-1) == y).sum()))
 
+    lock = contextlib.ExitStack()
+
     def prepare() -> None:
         run.path.mkdir(parents=True, exist_ok=True)
+        lock.enter_context(drive(run.path, "train"))  # refuses while another process trains here
         if not run.arch_file.exists():
             arch.to_yaml(run.arch_file)
         run.write_settings(config)
@@ -195,13 +200,14 @@ def train_architecture(
                 f"{row['train_acc']:.2f}%, val top-1 {row['val_acc']:.2f}%, {row['images_per_s']:.0f} img/s "
                 f"({row['epoch_seconds']:.0f}s)")
 
-    return fit(
-        model, step, bundle.train, config.schedule(), dev, run=run, data=config.data,
-        end_of_epoch=lambda epoch: {"val_acc": round(evaluate_accuracy(model, val_loader, dev), 3)},
-        columns=METRIC_COLUMNS, describe=describe, prepare=prepare, progress=progress, desc=arch.name or "train",
-        weights_metadata=lambda epoch: {"epoch": str(epoch), "arch_id": arch.arch_id},
-        stop_after_epoch=stop_after_epoch,
-    )
+    with lock:
+        return fit(
+            model, step, bundle.train, config.schedule(), dev, run=run, data=config.data,
+            end_of_epoch=lambda epoch: {"val_acc": round(evaluate_accuracy(model, val_loader, dev), 3)},
+            columns=METRIC_COLUMNS, describe=describe, prepare=prepare, progress=progress,
+            desc=arch.name or "train", weights_metadata=lambda epoch: {"epoch": str(epoch), "arch_id": arch.arch_id},
+            stop_after_epoch=stop_after_epoch,
+        )
 
 
 __all__ = ["METRIC_COLUMNS", "StandaloneConfig", "check_out_dir", "read_config", "train_architecture"]

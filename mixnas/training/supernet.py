@@ -11,6 +11,7 @@ Run directory: see ``mixnas.run_dir.RunDir``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from mixnas.atomic import atomic_write_text
 from mixnas.device import resolve_device
 from mixnas.errors import CheckpointError, ConfigError
+from mixnas.lock import drive
 from mixnas.run_dir import RunDir, changed_setting
 from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.supernet import Supernet, budget_loss
@@ -287,8 +289,12 @@ def train_supernet(
             row[key] = round(subnet_accuracy(supernet, arch, calib, val_loader, dev, config.calib_batches), 3)
         return row
 
+    lock = contextlib.ExitStack()
+
     def prepare() -> None:
         if ctx.is_main:
+            run.path.mkdir(parents=True, exist_ok=True)
+            lock.enter_context(drive(run.path, "supernet train"))  # refuses while another process trains here
             prepare_run_dir(run.path, space, config)
         if ctx.world_size > 1:
             dist.barrier()
@@ -298,11 +304,12 @@ def train_supernet(
                 f"val top-1 largest {row['val_acc_largest']:.2f}%, smallest {row['val_acc_smallest']:.2f}% "
                 f"({row['epoch_seconds']:.0f}s)")
 
-    history = fit(
-        supernet, step, bundle.train, config.schedule(), dev, run=run, data=config.data, end_of_epoch=end_of_epoch,
-        columns=METRIC_COLUMNS, describe=describe, prepare=prepare, progress=progress, desc="supernet",
-        stop_after_epoch=stop_after_epoch, distributed=ctx, sampler=sampler,
-    )
+    with lock:
+        history = fit(
+            supernet, step, bundle.train, config.schedule(), dev, run=run, data=config.data,
+            end_of_epoch=end_of_epoch, columns=METRIC_COLUMNS, describe=describe, prepare=prepare,
+            progress=progress, desc="supernet", stop_after_epoch=stop_after_epoch, distributed=ctx, sampler=sampler,
+        )
     if ctx.world_size > 1:
         check_ranks_in_sync(supernet, run, ctx)
     return history

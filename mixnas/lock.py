@@ -1,0 +1,105 @@
+"""One driver per run directory: ``drive(run_dir, command)`` holds ``RUN_DIR/.mixnas.lock`` while a command
+(supernet training, search, the main job, a ranking check) works in the directory.
+
+The lock is an exclusive ``flock`` on the file, which the kernel releases when its process ends in any way,
+``kill -9`` included: a lock left by a killed process is stale by construction, and the next command
+takes it over. While it is held, the file names the holder (PID, host, command, start time), and a
+second command on the same directory is refused with one line naming them (``RunLockedError``) instead of
+both writing the same checkpoints and trial tables. Holding is re-entrant within a process (``mixnas run``
+trains and then searches under the one lock), and under torchrun only rank 0 takes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+from mixnas.errors import RunLockedError
+from mixnas.run_dir import RunDir
+
+_HELD: dict[str, tuple[int, int]] = {}  # resolved run directory -> (file descriptor, depth)
+
+
+def _holder(path: Path) -> str:
+    try:
+        info = json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        info = {}
+    if not info:
+        return "another process"
+    return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('command', '?')}, since "
+            f"{info.get('started', '?')})")
+
+
+def _acquire(path: Path) -> int:
+    """Open and lock ``path``; the descriptor of a file that is still the one at ``path``."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunLockedError(
+                f"{path.parent}: another mixnas process drives this run directory: {_holder(path)}; "
+                f"wait for it to finish or stop it, then run the command again"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder released and removed the file between our open and our lock: retry
+
+
+@contextlib.contextmanager
+def drive(run_dir: str | Path, command: str, create: bool = True) -> Iterator[None]:
+    """Hold the run directory's lock for the duration of ``command``.
+
+    ``create``: make the directory if it is missing; otherwise a missing directory is not locked (the
+    command will report it).
+
+    Raises:
+        RunLockedError: another live process holds it; the message names its PID, host and command.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 drives, the others follow it
+        yield
+        return
+    run = RunDir(run_dir)
+    if not run.path.is_dir():
+        if not create:
+            yield
+            return
+        run.path.mkdir(parents=True, exist_ok=True)
+    key = str(run.path.resolve())
+    if key in _HELD:
+        fd, depth = _HELD[key]
+        _HELD[key] = (fd, depth + 1)
+        try:
+            yield
+        finally:
+            _HELD[key] = (fd, _HELD[key][1] - 1)
+        return
+    path = run.lock_file
+    fd = _acquire(path)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+            "started": dt.datetime.now().isoformat(timespec="seconds")}
+    os.ftruncate(fd, 0)
+    os.write(fd, (json.dumps(info) + "\n").encode())
+    _HELD[key] = (fd, 1)
+    try:
+        yield
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        os.close(fd)
+
+
+__all__ = ["drive"]

@@ -85,12 +85,12 @@ def get_preset(name: str, data: str | None) -> Preset:
 def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: int | None = None,
                epochs: int | None = None) -> dict[str, Path]:
     """Train, search, write the pages and export the front; returns the paths a user looks at next."""
+    from mixnas.lock import drive
     from mixnas.results import export_architectures, pareto_table, write_pages
     from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings
     from mixnas.search.optuna_runner import run_optuna_search
     from mixnas.search_space import SearchSpace
     from mixnas.training import TrainConfig, train_supernet
-    from mixnas.lock import drive
     from mixnas.trials import load_trials, parse_objectives
 
     out = Path(out)

@@ -27,7 +27,12 @@ failure_reason     str      "" when none
 backend            str      optuna or ray
 is_reference       bool     a hand-designed reference architecture (never part of the front)
 label              str      the reference's name, e.g. "all window_attn"; "" for searched trials
+worker             str      the Ray node that scored the trial (IP/node id); "" in process
 =================  =======  ==========================================================================
+
+Trial numbers run 0, 1, 2, ... over the architectures searched: a sampler's repeat of an architecture is
+told the recorded values and takes no number (each architecture appears once). Tables written before a
+column existed read with its default (``worker``: "").
 
 Columns beyond these are kept, after them, so a runner can record more without breaking readers.
 """
@@ -47,13 +52,15 @@ from mixnas.run_dir import RunDir
 TRIAL_COLUMNS = [
     "number", "state", "arch_id", "arch", "summary", "accuracy", "gflops", "gflops_min", "gflops_max",
     "params", "latency_ms", "latency_p90_ms", "latency_source", "eval_seconds", "feasible",
-    "failure_reason", "backend", "is_reference", "label",
+    "failure_reason", "backend", "is_reference", "label", "worker",
 ]
+_DEFAULTS = {"worker": ""}  # columns added after tables were first written
 TRIAL_STATES = ["COMPLETE", "FAIL", "RUNNING", "PRUNED"]
 PARQUET_NAME = RunDir.TRIALS_PARQUET
 CSV_NAME = RunDir.TRIALS_CSV
 
-_STR_COLUMNS = ["state", "arch_id", "arch", "summary", "latency_source", "failure_reason", "backend", "label"]
+_STR_COLUMNS = ["state", "arch_id", "arch", "summary", "latency_source", "failure_reason", "backend", "label",
+                "worker"]
 _FLOAT_COLUMNS = [
     "accuracy", "gflops", "gflops_min", "gflops_max", "latency_ms", "latency_p90_ms", "eval_seconds",
 ]
@@ -129,6 +136,7 @@ def check_trials(df: pd.DataFrame, source: str = "trial table") -> pd.DataFrame:
     Raises:
         ResultsError: a column is missing, a value has the wrong type, or a state is unknown.
     """
+    df = df.assign(**{c: v for c, v in _DEFAULTS.items() if c not in df.columns})
     missing = [c for c in TRIAL_COLUMNS if c not in df.columns]
     if missing:
         raise ResultsError(
@@ -157,7 +165,7 @@ def check_trials(df: pd.DataFrame, source: str = "trial table") -> pd.DataFrame:
 
 def _as_str(col: pd.Series) -> pd.Series:
     # CSV reads an empty string back as NaN; the contract says "" for "none".
-    return col.fillna("").astype(str)
+    return col.astype(object).where(col.notna(), "").astype(str)
 
 
 def _as_float(col: pd.Series) -> pd.Series:

@@ -342,3 +342,31 @@ def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_pat
     assert list(failing["state"]) == ["FAIL"] * 3 and list(failing["number"]) == [0, 1, 2]
     assert (failing["failure_reason"] == "FloatingPointError: objective latency is nan").all()
     assert failing["accuracy"].isna().all() and not failing["feasible"].any()
+
+
+def test_the_ray_searcher_never_hands_out_an_architecture_twice() -> None:
+    space = SearchSpace.from_dict({
+        "input_size": 32, "num_classes": 10, "patch_size": 8,
+        "stages": [{"depth": [1, 2], "dim": [16], "heads": [2],
+                    "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [4]}}}],
+    })  # 4 architectures
+    search = ConstrainedOptunaSearch(space=ray_runner.ArchSpace(space), metric=["accuracy", "gflops"],
+                                     mode=["max", "min"], sampler=optuna.samplers.RandomSampler(seed=0))
+    first = search.suggest("t0")  # still running when the sampler repeats it: told PRUNED, asked again
+    configs = [first]
+    for i in range(1, 4):
+        configs.append(search.suggest(f"t{i}"))
+        search.on_trial_complete(f"t{i - 1}", result={"accuracy": 50.0 + i, "gflops": 0.1, "failed": False,
+                                                       "failure_reason": ""})
+    assert [c["number"] for c in configs] == [0, 1, 2, 3]
+    assert len({c["arch"] for c in configs}) == 4
+    assert search.suggest("t4") == ray_runner.Searcher.FINISHED  # the space is exhausted: stop, not loop
+    trials = search._ot_study.get_trials(deepcopy=False)
+    repeats = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert repeats and all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                           for t in repeats)
+    # A repeat of a finished architecture is told its values.
+    done = [t for t in repeats if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in done:
+        n = t.user_attrs["duplicate_of"]
+        assert t.values[0] == 50.0 + n + 1

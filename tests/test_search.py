@@ -139,7 +139,7 @@ def test_resume_keeps_finished_trials_and_evaluates_none_twice(tmp_path: Path) -
     requeued = [t for t in study.trials if "requeued_from" in t.system_attrs.get("fixed_params", {}) or
                 t.user_attrs.get("requeued_from") is not None]
     assert len(requeued) == 1
-    lost = study.trials[int(interrupted.iloc[0]["number"])]
+    lost = next(t for t in study.trials if t.number in study.user_attrs["interrupted"])
     assert requeued[0].params == lost.params
     # Once done, running again evaluates nothing.
     third = FakeEvaluator(space, cache=dict(second.cache))
@@ -272,3 +272,35 @@ def test_train_epochs_fine_tunes_before_scoring(trained: Path, tmp_path: Path) -
     assert plain.evaluate(arch)["cached"] is False
     assert tuned.evaluate(arch)["cached"] is False  # another setting: not served from the plain cache
     assert tuned.evaluate(arch)["cached"] is True
+
+
+SMALL_SPACE = {  # 4 architectures in all
+    "input_size": 32, "num_classes": 10, "patch_size": 8,
+    "stages": [{"depth": [1, 2], "dim": [16], "heads": [2], "mixers": {"dwconv": {"kernel_size": [3]},
+                                                                      "window_attn": {"window_size": [4]}}}],
+}
+
+
+def test_a_repeated_architecture_takes_no_trial_and_appears_once(tmp_path: Path) -> None:
+    """A sampler that repeats itself (4 architectures, random sampling) is told the recorded values; the
+    table lists each architecture once, numbered 0, 1, 2, ...; asking for more trials than the space
+    holds stops once the sampler only repeats."""
+    space = SearchSpace.from_dict(SMALL_SPACE)
+    evaluator = FakeEvaluator(space)
+    table = run_optuna_search(tmp_path, SearchSettings(trials=3, sampler="random", references=False), evaluator,
+                              progress=False)
+    assert len(table) == 3 and table["arch_id"].is_unique and list(table["number"]) == [0, 1, 2]
+    assert len(evaluator.computed) == 3
+    more = run_optuna_search(tmp_path, SearchSettings(trials=10, sampler="random", references=False), evaluator,
+                             progress=False)
+    assert len(more) == space.size() == 4 and more["arch_id"].is_unique
+    assert len(evaluator.computed) == 4  # each architecture scored once
+    study = open_study(tmp_path, SearchSettings(trials=10, sampler="random"))
+    repeats = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(repeats) >= 200  # the sampler kept repeating the exhausted space until the search stopped
+    first = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    for t in repeats:  # told exactly what the first trial of its architecture was told
+        original = next(f for f in first if f.user_attrs["arch_id"] == t.user_attrs["arch_id"])
+        assert t.values == original.values
+    front = pareto_mask(more, ["accuracy", "gflops"])
+    assert more.loc[front, "arch_id"].is_unique

@@ -143,6 +143,7 @@ def trial_record(
         "backend": backend,
         "is_reference": is_reference,
         "label": label,
+        "worker": str(result.get("worker", "")),
     }
 
 

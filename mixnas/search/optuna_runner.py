@@ -154,18 +154,18 @@ def first_trials_by_arch(study: optuna.Study) -> dict[str, optuna.trial.FrozenTr
 
 
 def study_table(study: optuna.Study, limits: Limits) -> pd.DataFrame:
-    """The trial table (``TRIAL_COLUMNS``) of every trial in the study, repeats of an architecture left out."""
+    """The trial table (``TRIAL_COLUMNS``) of every trial in the study, repeats of an architecture left out
+    and the rest numbered 0, 1, 2, ... in the order they were asked for."""
     rows = []
     interrupted = set(study.user_attrs.get("interrupted", []))
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING)):
-        if DUPLICATE in t.user_attrs:
-            continue
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING))
+    for number, t in enumerate(t for t in trials if DUPLICATE not in t.user_attrs):
         arch = ArchConfig.from_dict(json.loads(t.user_attrs["arch"])) if "arch" in t.user_attrs else None
         result = t.user_attrs.get("result")
         state = t.state.name
         feasible = state == "COMPLETE" and result is not None and limits.feasible(result)
         reason = INTERRUPTED if t.number in interrupted else t.user_attrs.get("failure_reason", "")
-        rows.append(trial_record(t.number, state, arch, result, feasible, reason, "optuna"))
+        rows.append(trial_record(number, state, arch, result, feasible, reason, "optuna"))
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
@@ -246,9 +246,8 @@ def _run_optuna_search(
         seen[arch.arch_id] = frozen
         done += 1
         table = save()
-        last = table[table["number"] == trial.number]["accuracy"]
-        bar.set_postfix(pareto=front_size(study),
-                        last=f"{float(last.iloc[0]):.1f}%" if len(last) and math.isfinite(last.iloc[0]) else "failed")
+        last = float(result["accuracy"]) if result is not None else math.nan
+        bar.set_postfix(pareto=front_size(study), last=f"{last:.1f}%" if math.isfinite(last) else "failed")
         bar.update()
     bar.close()
     if settings.references:

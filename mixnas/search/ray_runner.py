@@ -39,6 +39,9 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +62,7 @@ from mixnas.lock import drive
 from mixnas.run_dir import RunDir
 from mixnas.search._shared import Limits, SearchSettings, failure_reason, reference_rows, score, trial_record
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
-from mixnas.search.optuna_runner import check_settings, make_sampler
+from mixnas.search.optuna_runner import DUPLICATE, MAX_CONSECUTIVE_REPEATS, check_settings, make_sampler
 from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.training import read_space
 from mixnas.trials import OBJECTIVES, TRIAL_COLUMNS, objective_column, save_trials
@@ -152,7 +155,17 @@ def evaluate_candidate(
         report.update({FAILED: False, "failure_reason": ""})
         report.update({CONSTRAINT_PREFIX + k: v for k, v in limits.named_constraints(result).items()})
     report["supernet_loads"] = _SUPERNET_LOADS
+    report["worker"] = worker_name()
     tune.report(report)
+
+
+def worker_name() -> str:
+    """The Ray node this process runs on: its IP and the start of its node id (nodes on one machine share
+    the IP)."""
+    if not ray.is_initialized():  # outside Ray (get_runtime_context would start an instance)
+        return ""
+    node_id = ray.get_runtime_context().get_node_id() or ""
+    return f"{ray.util.get_node_ip_address()}/{node_id[:8]}" if node_id else ""
 
 
 # ------------------------------------------------------------------------------------------ the driver
@@ -173,28 +186,79 @@ class ArchSpace:
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that gives the sampler each trial's constraints and records failed candidates.
+    """``OptunaSearch`` that gives the sampler each trial's constraints, records failed candidates, and never
+    runs an architecture twice.
 
     Ray's ``OptunaSearch`` tells Optuna itself; before it does, this sets the reported violations
     (``constraint.<limit>`` keys) on the Optuna trial with ``Trial.set_constraint`` and as the
     ``constraints`` user attribute, as the Optuna runner's ``tell_constraints`` does, so the samplers
     rank infeasible trials behind feasible ones. A result marked ``failed`` is told as a failed trial
     (with its ``failure_reason`` attribute), never as values.
+
+    Repeats: when the sampler suggests an architecture already scored, the Optuna trial is told what the
+    first one was (its values and constraints; PRUNED while the first is still running), marked
+    ``duplicate_of``, and the sampler is asked again, so no Tune trial (and no slot of the budget) goes to
+    it. Accepted trials are numbered 0, 1, 2, ... (the trial table's ``number``).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._known: dict[str, dict[str, Any]] = {}  # arch_id -> {"state", "number", "values", "constraints"}
+        self._arch_of: dict[str, str] = {}  # Tune trial id -> arch_id
+        self._next_number = 0
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        for _ in range(MAX_CONSECUTIVE_REPEATS):
+            config = super().suggest(trial_id)
+            if not isinstance(config, dict) or "arch" not in config:
+                return config
+            arch_id = ArchConfig.from_dict(json.loads(config["arch"])).arch_id
+            known = self._known.get(arch_id)
+            if known is None:
+                number = self._next_number
+                self._next_number += 1
+                self._known[arch_id] = {"state": "running", "number": number}
+                self._arch_of[trial_id] = arch_id
+                return {**config, "number": number}
+            self._tell_repeat(self._ot_trials.pop(trial_id), known)
+        logging.getLogger(__name__).warning(
+            "search: the sampler repeated known architectures %d times in a row; the space holds about %d "
+            "distinct ones, stopping", MAX_CONSECUTIVE_REPEATS, len(self._known))
+        return Searcher.FINISHED
+
+    def _tell_repeat(self, ot_trial: optuna.trial.Trial, known: dict[str, Any]) -> None:
+        ot_trial.set_user_attr(DUPLICATE, known["number"])
+        if known["state"] == "complete":
+            for key, value in known["constraints"].items():
+                ot_trial.set_constraint(key, value)
+            ot_trial.set_user_attr("constraints", list(known["constraints"].values()))
+            self._ot_study.tell(ot_trial, known["values"])
+        elif known["state"] == "failed":
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+        else:  # its first trial is still being scored: nothing to tell yet
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        known = self._known.get(self._arch_of.get(trial_id, ""))
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is None or trial_id in self._completed_trials or not result:
+            if known is not None and (error or not result):
+                known["state"] = "failed"
             super().on_trial_complete(trial_id, result=result, error=error)
             return
         if result.get(FAILED):
             ot_trial.set_user_attr("failure_reason", result.get("failure_reason", ""))
+            if known is not None:
+                known["state"] = "failed"
             super().on_trial_complete(trial_id, result=None, error=True)
             return
         named = {k[len(CONSTRAINT_PREFIX):]: float(v) for k, v in result.items() if k.startswith(CONSTRAINT_PREFIX)}
         for key, value in named.items():
             ot_trial.set_constraint(key, value)
         ot_trial.set_user_attr("constraints", list(named.values()))
+        if known is not None:
+            metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+            known.update(state="complete", values=[float(result[m]) for m in metrics], constraints=named)
         super().on_trial_complete(trial_id, result=result, error=error)
 
 
@@ -330,13 +394,79 @@ def local_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def start_ray(settings: RaySettings) -> bool:
-    """Join the cluster at ``settings.address`` or start a local instance; True when this call started one.
+def live_cluster_address() -> str | None:
+    """The address of a running Ray cluster this machine would join by default, or None.
 
-    A Ray instance this process already started (``ray.init`` before) is used as it is.
+    ``ray.init()`` without an address reads ``RAY_ADDRESS`` or the ``ray_current_cluster`` file that
+    ``ray start`` writes, and tries to connect even when that cluster has long stopped. A running cluster
+    is one whose GCS address a live raylet process on this machine names.
+    """
+    from ray._private import services
+
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return env
+    address = services.find_bootstrap_address(None)
+    if not address:
+        return None
+    services.find_gcs_addresses.cache_clear()
+    return address if address in services.find_gcs_addresses() else None
+
+
+_WATCHDOG = """
+import os, signal, sys, time
+marker = sys.argv[1]
+sys.stdin.read()  # returns when the driver's end of the pipe closes: the driver exited or was killed
+for _ in range(2):
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if marker.encode() in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+    time.sleep(0.5)
+"""
+_watchdog: subprocess.Popen | None = None
+
+
+def _start_watchdog(temp_dir: str) -> None:
+    """A process that kills every process of the local Ray instance (their command lines name its
+    ``temp_dir``) as soon as this driver ends, ``kill -9`` included: Ray's own fate-sharing takes its GCS
+    and raylet down with the driver, but its agents and workers only notice some 10-40 s later."""
+    global _watchdog
+    if sys.platform != "linux":
+        return
+    _watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, temp_dir], stdin=subprocess.PIPE,
+                                 start_new_session=True, close_fds=True)
+
+
+def _stop_watchdog() -> None:
+    global _watchdog
+    if _watchdog is not None:
+        assert _watchdog.stdin is not None
+        _watchdog.stdin.close()
+        _watchdog.wait(timeout=30)
+        _watchdog = None
+
+
+def start_ray(settings: RaySettings, say: Any = None) -> bool:
+    """Join the cluster at ``settings.address``, or a running one found on this machine (saying so), or
+    start a local instance; True when this call started (or joined) one, which ``stop_ray`` ends.
+
+    A Ray instance this process already started (``ray.init`` before) is used as it is. A local instance
+    is started explicitly (``address="local"``: a stale ``ray_current_cluster`` file is ignored), in its
+    own short temporary directory, bound to 127.0.0.1, and dies with this process.
 
     Args:
         settings: the address and the resources each trial asks for.
+        say: prints the line that names a running cluster being joined (default: the logger).
 
     Raises:
         ConfigError: a local instance cannot give a trial the CPUs or GPUs it asks for.
@@ -344,22 +474,53 @@ def start_ray(settings: RaySettings) -> bool:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return False
-    if settings.address is not None:
-        ray.init(address=settings.address, logging_level=logging.WARNING)
+    address = settings.address
+    if address is None:
+        address = live_cluster_address()
+        if address is not None:
+            (say or logging.getLogger(__name__).warning)(
+                f"search: using the running Ray cluster at {address} (pass --address to choose another)")
+    if address is not None and address != "local":
+        _use_token_if_available()
+        ray.init(address=address, logging_level=logging.WARNING)
         return True
     cpus = local_cpus()
     if settings.cpus_per_trial > cpus:
         raise ConfigError(f"--cpus-per-trial: {settings.cpus_per_trial:g} CPUs asked, this machine has {cpus}")
+    temp_dir = tempfile.mkdtemp(prefix="mixnas-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    _start_watchdog(temp_dir)
     with _single_machine_mode():
-        ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK, logging_level=logging.WARNING)
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
+                 _temp_dir=temp_dir, logging_level=logging.WARNING)
     if ray.util.get_node_ip_address() != LOOPBACK:
-        ray.shutdown()
+        stop_ray()
         raise RuntimeError(f"Ray did not take {LOOPBACK} as the node address; refusing to listen on other interfaces")
     gpus = ray.cluster_resources().get("GPU", 0.0)
     if settings.gpus_per_trial > gpus:
-        ray.shutdown()
+        stop_ray()
         raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial:g} GPUs asked, this machine has {gpus:g}")
     return True
+
+
+def _use_token_if_available() -> None:
+    """Clusters started by ``ray start`` use token authentication by default (Ray 2.60), but a client's
+    ``ray.init(address=...)`` sends the token only in token mode: switch it on when a token is at hand
+    and the mode is not set (Ray's own rule for a new local instance)."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+    except ImportError:  # a Ray without token authentication
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def stop_ray() -> None:
+    """Shut down the Ray instance this process started or joined (and a local one's watchdog)."""
+    ray.shutdown()
+    _stop_watchdog()
 
 
 def make_trainable(
@@ -485,7 +646,7 @@ def _run_ray_search(
     check_experiment(experiment, settings)
     check_settings(run_dir, evaluation)  # as the Optuna runner: a search scores all its candidates alike
 
-    started = start_ray(ray_settings)
+    started = start_ray(ray_settings, say=print if progress else None)
     try:
         trainable = make_trainable(run_dir, settings, evaluation, ray_settings)
         run = {RUN_KEY: {"trials": settings.trials, "progress": progress,
@@ -502,7 +663,9 @@ def _run_ray_search(
                 ),
                 run_config=tune.RunConfig(
                     name=EXPERIMENT_NAME, storage_path=str(storage), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0),
+                    # A trial whose worker or node dies runs again (elsewhere); a failing candidate
+                    # reports its failure instead of raising, so it is not retried.
+                    failure_config=tune.FailureConfig(max_failures=3),
                 ),
             )
             atomic_write_text(experiment / SETTINGS_FILE, json.dumps({"objectives": list(settings.objectives)}))
@@ -510,7 +673,7 @@ def _run_ray_search(
             results = tuner.fit()
     finally:
         if started:
-            ray.shutdown()
+            stop_ray()
 
     table = results_table(results, settings.limits)
     save_trials(table, run_dir)

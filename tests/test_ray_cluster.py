@@ -1,0 +1,241 @@
+"""Real Ray clusters on this machine (slow): a two-node cluster started with Ray's own CLI runs a search
+whose trials land on both nodes, and when the second node is killed mid-search the search finishes on the
+survivor with every trial complete once; ``--backend ray`` without an address starts a local instance
+despite a stale cluster file and joins a live cluster (saying so); a local instance dies with a
+``kill -9``-ed driver; Ray's private loopback flag still exists."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+import mixnas.search.ray_runner as ray_runner
+from mixnas.results import load_trials
+from mixnas.search.ray_runner import RaySettings, live_cluster_address, start_ray, stop_ray
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY_SPACE: dict[str, Any] = {
+    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
+    "stages": [
+        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0, 3.0], "ffn": ["mlp"],
+         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2, 4]}}},
+        {"depth": [1, 2], "dim": [32], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp"],
+         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2]}}},
+    ],
+}
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_processes(marker: str) -> list[int]:
+    """PIDs of live processes whose command line contains ``marker``."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if marker.encode() in cmdline and state != "Z":
+            out.append(int(entry.name))
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child, parent = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(child)
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def running_a_trial(pid: int) -> bool:
+    """Whether a Ray worker under ``pid`` (a node's ``ray start``) is running a trial right now."""
+    for child in descendants(pid):
+        try:
+            if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc.train"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def wait_until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def ray_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private default Ray temp dir (RAY_TMPDIR) for this test and the processes it starts, so that no
+    ``ray_current_cluster`` file of the machine is read or written."""
+    root = Path(f"/tmp/mxr{os.getpid()}{tmp_path.name[-6:]}")  # short: Ray's socket paths must fit in 107 bytes
+    root.mkdir()
+    monkeypatch.setenv("RAY_TMPDIR", str(root))
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def node(args: list[str], ray_tmp: Path, name: str) -> Iterator[subprocess.Popen]:
+    """A Ray node started with ``ray start ... --block``; stopped (its whole tree) at the end."""
+    # Ray 2.60's `ray start` turns on token authentication (token in ~/.ray/auth_token); a joining node
+    # sends it only in token mode.
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token"}
+    log = open(ray_tmp / f"{name}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen([str(BIN / "ray"), "start", *args, "--block", "--disable-usage-stats"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def search_command(run: Path, trials: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mixnas.cli", "search", str(run), "--trials", str(trials), "--backend", "ray",
+            "--objectives", "accuracy,flops", "--latency", "none", "--val-limit", "64", "--flops-images", "2",
+            "--no-references", "--cpus-per-trial", "1", "--max-concurrent", "2", "--quiet", *extra]
+
+
+@pytest.fixture
+def run(trained_run, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(trained_run(TINY_SPACE, epochs=1, steps_per_epoch=2, batch_size=16, calib_batches=1), dst)
+    return dst
+
+
+def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray_tmp: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    head_args = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
+                 "--include-dashboard", "false"]
+    with node(head_args, ray_tmp, "head"):
+        wait_until(lambda: live_cluster_address() is not None, 60, "the head node")
+        address = live_cluster_address()
+        worker_args = ["--address", address, "--num-cpus", "1", "--dashboard-agent-listen-port", "0",
+                       "--min-worker-port", "0", "--max-worker-port", "0", "--temp-dir", str(ray_tmp / "w")]
+        with node(worker_args, ray_tmp, "worker") as second:
+            assert start_ray(RaySettings(address=address))
+            try:
+                wait_until(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 60, "the second node")
+            finally:
+                stop_ray()
+
+            # 6 trials with one CPU per node and two at a time: both nodes take some.
+            first = subprocess.run(search_command(run, 6, "--address", address), env=env, cwd=ROOT,
+                                   capture_output=True, text=True, timeout=600)
+            assert first.returncode == 0, first.stderr[-3000:]
+            table = load_trials(run)
+            assert len(table) == 6 and (table["state"] == "COMPLETE").all()
+            assert table["worker"].str.len().gt(0).all()
+            assert table["worker"].nunique() == 2, table["worker"].tolist()
+
+            # 6 more; the second node is killed while it scores one: that trial runs again on the head.
+            proc = subprocess.Popen(search_command(run, 12, "--address", address), env=env, cwd=ROOT,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            experiment = run / "search" / "ray"
+            wait_until(lambda: len(list(experiment.glob("trial_*"))) >= 7 and running_a_trial(second.pid), 300,
+                       "a trial of the extended search on the second node")
+            os.killpg(second.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+    table = load_trials(run)
+    assert len(table) == 12 and (table["state"] == "COMPLETE").all(), table[["number", "state", "failure_reason"]]
+    assert table["arch_id"].is_unique and list(table["number"]) == list(range(12))
+    retried = [d for d in experiment.glob("trial_*") if (d / "error.txt").is_file()]
+    assert retried, "no trial was interrupted by the node's death (the kill came too late)"
+
+
+def test_loopback_flag_still_exists() -> None:
+    """mixnas binds a local instance to 127.0.0.1 through Ray's private single-machine switch; if a Ray
+    upgrade removes it, fail here rather than listen on every interface."""
+    import inspect
+
+    import ray._private.ray_constants as ray_constants
+    from ray._private import services
+
+    assert hasattr(ray_constants, "ENABLE_RAY_CLUSTER"), "ray_constants.ENABLE_RAY_CLUSTER is gone"
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == ray_runner._SINGLE_MACHINE_ENV
+    assert "ENABLE_RAY_CLUSTER" in inspect.getsource(services.get_node_ip_address)
+    assert "_node_ip_address" in inspect.getsource(ray.init)
+
+
+def test_without_an_address_a_stale_file_is_ignored_and_a_live_cluster_used(
+    ray_tmp: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    stale = ray_tmp / "ray" / "ray_current_cluster"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text(f"127.0.0.1:{free_port()}")  # a cluster that stopped long ago
+    assert live_cluster_address() is None
+    assert start_ray(RaySettings())  # a local instance, not a ValueError about num_cpus
+    try:
+        assert ray.util.get_node_ip_address() == "127.0.0.1"
+    finally:
+        stop_ray()
+    port = free_port()
+    with node(["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
+               "--include-dashboard", "false"], ray_tmp, "head"):
+        wait_until(lambda: live_cluster_address() is not None, 60, "the head node")
+        assert start_ray(RaySettings(), say=print)
+        try:
+            assert f"using the running Ray cluster at {live_cluster_address()}" in capsys.readouterr().out
+            assert ray.cluster_resources().get("CPU") == 1  # the cluster's, not this machine's count
+        finally:
+            stop_ray()
+
+
+def test_a_killed_driver_takes_its_local_instance_with_it(run: Path, ray_tmp: Path) -> None:
+    before = set(Path("/tmp").glob("mixnas-ray-*"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": "/tmp"}
+    proc = subprocess.Popen(search_command(run, 20), env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: list((run / "search" / "ray").glob("trial_*")), 300, "the first trial")
+        (temp_dir,) = set(Path("/tmp").glob("mixnas-ray-*")) - before
+        assert ray_processes(str(temp_dir)), "no Ray process of the instance found"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        wait_until(lambda: not ray_processes(str(temp_dir)), 20, "the instance's processes to exit")
+    finally:
+        proc.kill()
+        proc.wait()

@@ -20,7 +20,7 @@ from mixnas.results import load_trials
 from mixnas.results.pareto import pareto_mask
 from mixnas.search import Limits
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
-from mixnas.search.optuna_runner import INTERRUPTED, SearchSettings, open_study, run_optuna_search
+from mixnas.search.optuna_runner import SearchSettings, open_study, run_optuna_search
 from mixnas.search_space import ConfigError
 from mixnas.supernet.checkpoint import load_weights
 from mixnas.training import evaluate_accuracy
@@ -125,22 +125,21 @@ def test_resume_keeps_finished_trials_and_evaluates_none_twice(tmp_path: Path) -
                           progress=False)
     table = load_trials(tmp_path)
     assert (table["state"] == "COMPLETE").sum() == 4
-    # The same command again: the interrupted trial is marked, its architecture requeued, N reached.
+    study = open_study(tmp_path, SearchSettings(trials=10, sampler="random"))
+    (stale,) = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]  # stopped mid-evaluation
+    # The same command again: the interrupted trial is finished under its own number, N reached.
     second = FakeEvaluator(space, cache=dict(first.cache))
     table = run_optuna_search(tmp_path, SearchSettings(trials=10, sampler="random", references=False), second,
                               progress=False)
     complete = table[table["state"] == "COMPLETE"]
-    assert len(complete) == 10
-    interrupted = table[table["failure_reason"] == INTERRUPTED]
-    assert len(interrupted) == 1
+    assert len(complete) == 10 and len(table) == 10
+    assert table["arch_id"].is_unique and list(table["number"]) == list(range(10))
     assert not set(first.computed) & set(second.computed), "an architecture was evaluated twice"
-    # The requeued trial evaluated the interrupted one's architecture.
     study = open_study(tmp_path, SearchSettings(trials=10, sampler="random"))
-    requeued = [t for t in study.trials if "requeued_from" in t.system_attrs.get("fixed_params", {}) or
-                t.user_attrs.get("requeued_from") is not None]
-    assert len(requeued) == 1
-    lost = next(t for t in study.trials if t.number in study.user_attrs["interrupted"])
-    assert requeued[0].params == lost.params
+    finished = study.trials[stale.number]
+    assert finished.state == optuna.trial.TrialState.COMPLETE and finished.params == stale.params
+    assert second.computed[0] == finished.user_attrs["arch_id"]  # the first thing the resumed run scored
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in study.trials)
     # Once done, running again evaluates nothing.
     third = FakeEvaluator(space, cache=dict(second.cache))
     run_optuna_search(tmp_path, SearchSettings(trials=10, sampler="random", references=False), third, progress=False)
@@ -304,3 +303,22 @@ def test_a_repeated_architecture_takes_no_trial_and_appears_once(tmp_path: Path)
         assert t.values == original.values
     front = pareto_mask(more, ["accuracy", "gflops"])
     assert more.loc[front, "arch_id"].is_unique
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+def test_a_killed_and_resumed_search_ends_where_an_uninterrupted_one_does(tmp_path: Path, sampler: str) -> None:
+    """The samplers' random states are seeded per trial slot, so the resumed run suggests what the
+    uninterrupted one did: the same architectures, in the same order, with the same numbers."""
+    space = SearchSpace.from_dict(TINY_SPACE)
+    settings = SearchSettings(trials=12, sampler=sampler, references=False, seed=3)
+    straight = run_optuna_search(tmp_path / "straight", settings, FakeEvaluator(space), progress=False)
+    first = FakeEvaluator(space, stop_after=5)
+    with pytest.raises(KeyboardInterrupt):
+        run_optuna_search(tmp_path / "killed", settings, first, progress=False)
+    second = FakeEvaluator(space, stop_after=3, cache=dict(first.cache))
+    with pytest.raises(KeyboardInterrupt):
+        run_optuna_search(tmp_path / "killed", settings, second, progress=False)
+    resumed = run_optuna_search(tmp_path / "killed", settings, FakeEvaluator(space, cache=dict(second.cache)),
+                                progress=False)
+    assert list(resumed["arch_id"]) == list(straight["arch_id"])
+    assert list(resumed["number"]) == list(straight["number"]) == list(range(12))

@@ -8,6 +8,7 @@ architectures that training validates carry BatchNorm, plus DGE and window atten
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -455,3 +456,80 @@ def test_torchrun_trains_with_ddp_on_two_cpu_processes(space_yaml: Path, tmp_pat
     assert float(rows[0]["images_per_s"]) > 0 and 0 <= float(rows[0]["val_acc_largest"]) <= 100
     assert load_checkpoint(run_dir)["epoch"] == 1
     assert TrainConfig(**json.loads((run_dir / CONFIG_FILE).read_text())).batch_size == 8
+
+
+def _torchrun(space_yaml: Path, run_dir: Path, epochs: int, *launcher: str) -> list[str]:
+    return [
+        str(TORCHRUN), *launcher, "-m", "mixnas.cli", "supernet", "train", "--space", str(space_yaml),
+        "--data", "digits", "--epochs", str(epochs), "--steps-per-epoch", "12", "--batch-size", "8",
+        "--calib-batches", "2", "--out", str(run_dir), "--quiet", "--device", "cpu",
+    ]
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a launcher and every process it started (its workers run in their own sessions)."""
+    pids = [proc.pid]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == proc.pid:
+            pids.append(pid)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.slow
+def test_two_torchrun_launchers_rendezvous_train_alike_and_resume_after_a_kill(
+    space_yaml: Path, tmp_path: Path
+) -> None:
+    """Two launchers (--nnodes 2, one process each, c10d rendezvous on 127.0.0.1) train like one launcher
+    with two processes; one launcher killed in epoch 2, both started again: training resumes from epoch 1's
+    checkpoint and ends with the same weights."""
+    env = {**ENV, "GLOO_SOCKET_IFNAME": "lo"}
+    single = tmp_path / "single"
+    result = subprocess.run(_torchrun(space_yaml, single, 3, "--standalone", "--nproc_per_node", "2"), env=env,
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    run_dir = tmp_path / "two"
+
+    def launchers(port: int) -> list[subprocess.Popen]:
+        common = ["--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+                  "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", f"mixnas{port}", "--local_addr", "127.0.0.1",
+                  "--max_restarts", "0"]
+        return [subprocess.Popen(_torchrun(space_yaml, run_dir, 3, *common), env=env, cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+
+    def free_port() -> int:
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    first = launchers(free_port())
+    try:
+        wait_for(run_dir / METRICS_FILE, first[0], timeout=240)  # epoch 1 written; epoch 2 under way
+        _kill_tree(first[1])
+        first[0].wait(timeout=240)  # the survivor's collective fails and it gives up (--max_restarts 0)
+    finally:
+        for proc in first:
+            _kill_tree(proc)
+    assert load_checkpoint(run_dir)["epoch"] == 1, "the kill should land in epoch 2"
+
+    again = launchers(free_port())
+    try:
+        for proc in again:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-3000:]
+    finally:
+        for proc in again:
+            _kill_tree(proc)
+    report = json.loads((run_dir / "distributed.json").read_text())
+    assert report["world_size"] == 2 and report["ranks_in_sync"] is True
+    assert [int(r["epoch"]) for r in read_metrics(run_dir)[1]] == [1, 2, 3]
+    assert_same_weights(run_dir, single)

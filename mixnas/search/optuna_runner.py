@@ -11,9 +11,10 @@ table, so the table, the front and export list each architecture once.
 
 Resuming: the study lives in ``RUN_DIR/search/journal.log``. Stopping the process at any moment and
 running the same command again continues: finished trials are kept; a trial that was running when the
-process stopped is marked failed ("interrupted") and its architecture is queued again, so it is
-evaluated (or read from the evaluator's cache) without counting twice; the total of finished trials
-reaches the number asked for.
+process stopped is finished by the new process under its own number (its architecture scored, or read
+from the evaluator's cache), so nothing is counted twice; the total of finished trials reaches the number
+asked for. The samplers' random states are seeded per trial slot (``reseed``), so a search that was
+killed and resumed suggests, trial for trial, what an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 import pandas as pd
 from optuna.storages import JournalStorage
@@ -115,17 +117,12 @@ def check_settings(run_dir: Path, settings: EvalSettings) -> None:
     save_settings(run_dir, settings)
 
 
-def recover_interrupted(study: optuna.Study) -> int:
-    """Mark trials left RUNNING by a stopped process as failed and queue their architectures again."""
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-    interrupted = list(study.user_attrs.get("interrupted", []))
-    for t in stale:
-        study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"requeued_from": t.number}, skip_if_exists=False)
-        interrupted.append(t.number)
-    if stale:
-        study.set_user_attr("interrupted", interrupted)
-    return len(stale)
+def stale_trials(study: optuna.Study) -> list[optuna.trial.Trial]:
+    """Trials left RUNNING by a process that stopped (the run directory's lock says none is alive), as
+    Trial objects this process can finish: the resumed search scores their architecture and tells them,
+    under the trial's own number, as if nothing had happened."""
+    return [optuna.trial.Trial(study, t._trial_id) for t in study.get_trials(deepcopy=False)
+            if t.state == TrialState.RUNNING]
 
 
 def _counted(t: optuna.trial.FrozenTrial, interrupted: set[int]) -> bool:
@@ -155,18 +152,46 @@ def first_trials_by_arch(study: optuna.Study) -> dict[str, optuna.trial.FrozenTr
 
 def study_table(study: optuna.Study, limits: Limits) -> pd.DataFrame:
     """The trial table (``TRIAL_COLUMNS``) of every trial in the study, repeats of an architecture left out
-    and the rest numbered 0, 1, 2, ... in the order they were asked for."""
+    and the rest numbered 0, 1, 2, ... in the order they were asked for. Interrupted trials (their
+    architecture was queued again) are left out too."""
     rows = []
     interrupted = set(study.user_attrs.get("interrupted", []))
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING))
-    for number, t in enumerate(t for t in trials if DUPLICATE not in t.user_attrs):
+    # Interrupted trials stay in the journal (their architecture was queued again); repeats take no row.
+    kept = (t for t in trials if DUPLICATE not in t.user_attrs and t.number not in interrupted)
+    for number, t in enumerate(kept):
         arch = ArchConfig.from_dict(json.loads(t.user_attrs["arch"])) if "arch" in t.user_attrs else None
         result = t.user_attrs.get("result")
         state = t.state.name
         feasible = state == "COMPLETE" and result is not None and limits.feasible(result)
-        reason = INTERRUPTED if t.number in interrupted else t.user_attrs.get("failure_reason", "")
+        reason = t.user_attrs.get("failure_reason", "")
         rows.append(trial_record(number, state, arch, result, feasible, reason, "optuna"))
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
+
+
+def reseed(sampler: optuna.samplers.BaseSampler, seed: int, slot: int, attempt: int) -> None:
+    """Seed every random state of ``sampler`` from (seed, slot, attempt): the ``attempt``-th ask for the
+    ``slot``-th counted trial draws the same whichever process makes it, so a search that is killed and
+    resumed suggests what an uninterrupted one would (Optuna's samplers do not persist their random state)."""
+    states: list[Any] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 3:
+            return
+        seen.add(id(obj))
+        if hasattr(obj, "rng") and type(obj).__name__ == "LazyRandomState":
+            states.append(obj)
+            return
+        for value in getattr(obj, "__dict__", {}).values():
+            if isinstance(value, optuna.samplers.BaseSampler) or type(value).__name__ in (
+                "LazyRandomState", "NSGAIIChildGenerationStrategy"
+            ):
+                walk(value, depth + 1)
+
+    walk(sampler, 0)
+    for k, state in enumerate(states):
+        state.rng.seed(int(np.random.SeedSequence([seed, slot, attempt, k]).generate_state(1)[0]))
 
 
 def front_size(study: optuna.Study) -> int:
@@ -204,7 +229,6 @@ def _run_optuna_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(run_dir, settings)
     check_settings(run_dir, evaluator.settings)
-    recover_interrupted(study)
     objectives = list(settings.objectives)
     done = finished_count(study)
     seen = first_trials_by_arch(study)
@@ -221,9 +245,15 @@ def _run_optuna_search(
                disable=not progress, dynamic_ncols=True)
     table = save()
     repeats = 0
-    while done < settings.trials:
-        trial = study.ask()
-        arch = evaluator.space.suggest(trial)
+    resumed = stale_trials(study)
+    while done < settings.trials or resumed:
+        if resumed:  # a trial the stopped process was scoring: finish it first
+            trial = resumed.pop(0)
+            arch = evaluator.space.suggest(optuna.trial.FixedTrial(trial.params))
+        else:
+            reseed(study.sampler, settings.seed, done, repeats)
+            trial = study.ask()
+            arch = evaluator.space.suggest(trial)
         trial.set_user_attr("arch", arch.canonical_json())
         trial.set_user_attr("arch_id", arch.arch_id)
         if arch.arch_id in seen:
@@ -258,5 +288,5 @@ def _run_optuna_search(
 
 __all__ = [
     "DUPLICATE", "INTERRUPTED", "SAMPLERS", "SearchSettings", "check_settings", "finished_count", "make_sampler",
-    "open_study", "recover_interrupted", "run_optuna_search", "study_table",
+    "open_study", "run_optuna_search", "stale_trials", "study_table",
 ]

@@ -274,6 +274,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     from mixnas.results import load_trials, pareto_records, pareto_table, write_pages
 
     objectives = _objectives(args.objectives)
+    from mixnas.search.ranking import load_ranking
+
     table = load_trials(args.run_dir)
     if "latency" in objectives and not table["latency_ms"].notna().any():
         objectives = [o for o in objectives if o != "latency"]
@@ -281,7 +283,8 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(json.dumps(pareto_records(table, objectives), indent=2))
     else:
         print(pareto_table(table, objectives))
-    index = write_pages(table, args.out or args.run_dir / "pages", objectives, title=f"mixnas: {args.run_dir}")
+    index = write_pages(table, args.out or args.run_dir / "pages", objectives, title=f"mixnas: {args.run_dir}",
+                        ranking=load_ranking(args.run_dir))
     print(f"Pareto pages: {index}", file=sys.stderr if args.json else sys.stdout)
     return 0
 
@@ -300,6 +303,16 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  objectives=_objectives(args.objectives), weights=prepare, progress=not args.quiet)
     for p in paths:
         print(p)
+    return 0
+
+
+def cmd_rank_check(args: argparse.Namespace) -> int:
+    from mixnas.search.ranking import RankSettings, rank_check
+
+    settings = RankSettings(archs=args.archs, epochs=args.epochs, seeds=args.seeds, device=args.device,
+                            backend=args.backend, address=args.address, cpus_per_task=args.cpus_per_task,
+                            gpus_per_task=args.gpus_per_task, steps_per_epoch=args.steps_per_epoch)
+    rank_check(args.run_dir, settings, progress=not args.quiet)
     return 0
 
 
@@ -436,6 +449,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     add_train_parser(sub)
+
+    p = sub.add_parser("rank-check", help="train searched architectures from scratch and compare their ranking "
+                                          "with the supernet's (resumable)")
+    p.add_argument("run_dir", type=Path, help="a run directory that has been searched")
+    p.add_argument("--archs", type=positive_int, default=12, help="architectures to train (K)")
+    p.add_argument("--epochs", type=positive_int, default=15, help="standalone epochs each")
+    p.add_argument("--seeds", type=positive_int, default=1, help="training seeds per architecture (averaged)")
+    p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on steps per epoch (0: whole training set)")
+    p.add_argument("--backend", choices=["local", "ray"], default="local",
+                   help="local: one after the other; ray: Ray tasks side by side")
+    p.add_argument("--address", default=None, help="Ray cluster address; default: a local instance")
+    p.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs per training")
+    p.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per training")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_rank_check)
 
     p = sub.add_parser("run", help="the main job: train, search, results, export (resumable)")
     p.add_argument("--preset", default="demo", help="demo (embedded data), cifar or imagenet")

@@ -89,6 +89,7 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
     from mixnas.results import export_architectures, pareto_table, write_pages
     from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings
     from mixnas.search.optuna_runner import run_optuna_search
+    from mixnas.search.ranking import load_ranking
     from mixnas.search_space import SearchSpace
     from mixnas.training import TrainConfig, train_supernet
     from mixnas.trials import load_trials, parse_objectives
@@ -112,7 +113,8 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
         run_optuna_search(out, SearchSettings(trials=n, objectives=objectives), evaluator, progress=progress)
         say("[3/4] results")
         table = load_trials(out)
-        index = write_pages(table, out / "pages", list(objectives), title=f"mixnas {preset.name}: {out.name}")
+        index = write_pages(table, out / "pages", list(objectives), title=f"mixnas {preset.name}: {out.name}",
+                            ranking=load_ranking(out))
         say(pareto_table(table, list(objectives)))
         say("[4/4] export of the Pareto front")
         exported = export_architectures(out, out / "exported", pareto=True, objectives=objectives,

@@ -238,9 +238,24 @@ def test_pareto_table_and_records(trials: pd.DataFrame) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- pages
+def fake_ranking(trials: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """A ranking check's table and summary over eight of the trials (standalone accuracies made up)."""
+    from mixnas.search.ranking import mixers_of, ranking_statistics
+
+    picked = trials[(trials["state"] == "COMPLETE") & ~trials["is_reference"]].head(8)
+    table = pd.DataFrame({
+        "arch_id": picked["arch_id"], "number": picked["number"], "summary": picked["summary"],
+        "arch": picked["arch"], "stage1_mixer": [mixers_of(a)[0] for a in picked["arch"]],
+        "supernet_accuracy": picked["accuracy"], "gflops": picked["gflops"],
+        "standalone_accuracy": picked["accuracy"] + 20 + np.arange(len(picked)), "epochs": 15,
+    })
+    return table, ranking_statistics(table["supernet_accuracy"], table["standalone_accuracy"],
+                                     list(table["stage1_mixer"]))
+
+
 @pytest.fixture(scope="module")
 def pages(trials: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_pages(trials, tmp_path_factory.mktemp("pages"), OBJS, title="test run")
+    return write_pages(trials, tmp_path_factory.mktemp("pages"), OBJS, title="test run", ranking=fake_ranking(trials))
 
 
 def _front_trace(fig) -> list[int]:
@@ -325,6 +340,10 @@ def test_pages_render_in_chromium(trials: pd.DataFrame, pages: Path) -> None:
             assert sorted(fronts[0]) == full_front
         if key == "mixers":
             assert plot["traces"][0]["type"] == "heatmap" and 'class="hm"' in page.dom
+        if key == "ranking":
+            points = [n for t in plot["traces"] if t["name"].startswith("stage 1:") for n in t["points"]]
+            assert sorted(points) == sorted(fake_ranking(trials)[0]["number"])
+            assert "Kendall tau" in page.dom
 
 
 @needs_chromium

@@ -48,6 +48,7 @@ PAGE_FILES = {
     "objectives_3d": "objectives_3d.html",
     "hypervolume": "hypervolume.html",
     "mixers": "mixers_along_front.html",
+    "ranking": "ranking.html",
 }
 PAGE_TITLES = {
     "accuracy_vs_gflops": "Accuracy vs GFLOPs",
@@ -55,6 +56,7 @@ PAGE_TITLES = {
     "objectives_3d": "Objectives in 3-D",
     "hypervolume": "Hypervolume over trials",
     "mixers": "Mixers along the Pareto front",
+    "ranking": "Ranking: supernet vs trained from scratch",
 }
 FRONT_COLOR = "#d62728"
 _UNITS = {"accuracy": "%", "gflops": "GFLOPs", "params": "", "latency": "ms"}
@@ -289,6 +291,39 @@ def mixer_figure(df: pd.DataFrame, objectives: Sequence[str]) -> go.Figure:
     return fig
 
 
+def ranking_figure(ranking: pd.DataFrame, summary: Mapping[str, Any]) -> go.Figure:
+    """Supernet-inherited accuracy against standalone accuracy, one point per architecture coloured by its
+    stage-1 mixer, with the diagonal; Kendall tau and its interval in the title.
+
+    Args:
+        ranking: ``mixnas rank-check``'s table (RUN_DIR/ranking/ranking.parquet).
+        summary: its statistics (``kendall_tau``, ``kendall_tau_90``, ``spearman_rho``, ``regret``, ...).
+    """
+    fig = go.Figure()
+    both = pd.concat([ranking["supernet_accuracy"], ranking["standalone_accuracy"]])
+    lo, hi = float(both.min()) - 2, float(both.max()) + 2
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="equal accuracy",
+                             line=dict(color="#bbbbbb", dash="dash"), hoverinfo="skip"))
+    for mixer, part in ranking.groupby("stage1_mixer", sort=True):
+        custom = [[int(r.number), html.escape(str(r.summary))] for r in part.itertuples(index=False)]
+        fig.add_trace(go.Scatter(
+            x=part["supernet_accuracy"], y=part["standalone_accuracy"], mode="markers", name=f"stage 1: {mixer}",
+            marker=dict(color=get_mixer(str(mixer)).color if str(mixer) in mixer_names() else "#7f7f7f", size=11),
+            customdata=custom,
+            hovertemplate="trial %{customdata[0]}<br>%{customdata[1]}<br>supernet %{x:.2f} %<br>"
+                          "trained alone %{y:.2f} %<extra></extra>",
+        ))
+    t_lo, t_hi = summary["kendall_tau_90"]
+    fig.update_layout(
+        title=f"Kendall tau {summary['kendall_tau']:.2f} (90% CI {t_lo:.2f} to {t_hi:.2f}), Spearman rho "
+              f"{summary['spearman_rho']:.2f}, regret {summary['regret']:.1f} points, "
+              f"{summary['n']} architectures",
+        xaxis_title="top-1 with supernet weights (%)", yaxis_title="top-1 trained from scratch (%)", height=650,
+        template="plotly_white", legend=dict(orientation="h", y=-0.15),
+    )
+    return fig
+
+
 # ------------------------------------------------------------------------------------------------ pages
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1400px;
@@ -348,6 +383,7 @@ def write_pages(
     objectives: str | Sequence[str] = ("accuracy", "gflops", "latency"),
     reference_point: Reference | None = None,
     title: str = "mixnas search results",
+    ranking: tuple[pd.DataFrame, Mapping[str, Any]] | None = None,
 ) -> Path:
     """Write the results pages (see the module docstring) and return the path of ``index.html``.
 
@@ -362,6 +398,8 @@ def write_pages(
         reference_point: the hypervolume's reference point, by objective name or in objective order,
             in the objectives' own units; ``default_reference`` when None.
         title: the heading of every page.
+        ranking: a ranking check's table and summary (``mixnas.search.ranking.load_ranking``), drawn on
+            its own page when given.
     """
     df = check_trials(df)
     objs = parse_objectives(objectives)
@@ -447,6 +485,13 @@ def write_pages(
             fig = mixer_figure(df, used)
             pages.append(("mixers", PAGE_FILES["mixers"], _figure_html(fig, "mixers")))
 
+    if ranking is not None:
+        table, stats = ranking
+        body = (f"<p>{len(table)} searched architectures trained from scratch for {int(table['epochs'].iloc[0])} "
+                f"epochs (mixnas rank-check); top-3 overlap {stats['top3_overlap']}/3, standalone accuracies span "
+                f"{stats['standalone_span']:.1f} points.</p>")
+        pages.append(("ranking", PAGE_FILES["ranking"], body + _figure_html(ranking_figure(table, stats), "ranking")))
+        summary.append(("ranking check", f"Kendall tau {stats['kendall_tau']:.2f} over {stats['n']} architectures"))
     nav = [("index.html", "index")] + [(f, PAGE_TITLES[k]) for k, f, _ in pages]
     for key, file, body in pages:
         page = _page(f"{PAGE_TITLES[key]} - {title}", f"{title}: {PAGE_TITLES[key]}", body, nav)

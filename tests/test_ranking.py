@@ -1,0 +1,163 @@
+"""``mixnas rank-check``: the statistics on constructed tables, which architectures it picks, and the whole
+check on a tiny searched run (local and Ray, resumed after an interruption, drawn on the results page)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import torch
+
+import mixnas.search.ranking as ranking_module
+from mixnas.cli import main
+from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings
+from mixnas.search.optuna_runner import run_optuna_search
+from mixnas.search.ranking import (
+    RankSettings,
+    load_ranking,
+    pick_architectures,
+    rank_check,
+    ranking_statistics,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+SPACE: dict[str, Any] = {
+    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8,
+    "stages": [
+        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0],
+         "mixers": {"window_attn": {"window_size": [2, 4]}, "dwconv": {"kernel_size": [3]},
+                    "dge": {"granularities": [[1, 2]]}}},
+        {"depth": [1], "dim": [32], "heads": [2], "mlp_ratio": [2.0],
+         "mixers": {"window_attn": {"window_size": [2]}, "dwconv": {"kernel_size": [3]}}},
+    ],
+}
+
+
+# ------------------------------------------------------------------------------------------ statistics
+def test_statistics_on_constructed_tables() -> None:
+    same = ranking_statistics([10, 20, 30, 40, 50], [60, 70, 80, 90, 95])
+    assert same["kendall_tau"] == pytest.approx(1.0) and same["spearman_rho"] == pytest.approx(1.0)
+    assert same["top3_overlap"] == 3 and same["regret"] == 0.0 and same["standalone_span"] == 35
+    reverse = ranking_statistics([10, 20, 30, 40], [80, 70, 60, 50])
+    assert reverse["kendall_tau"] == pytest.approx(-1.0) and reverse["regret"] == pytest.approx(30.0)
+    # One swapped pair out of C(5, 2) = 10: tau = (9 - 1) / 10 = 0.8; rho = 1 - 6 * 2 / (5 * 24) = 0.9.
+    one_swap = ranking_statistics([1, 2, 3, 4, 5], [10, 20, 30, 50, 40])
+    assert one_swap["kendall_tau"] == pytest.approx(0.8) and one_swap["spearman_rho"] == pytest.approx(0.9)
+    # The supernet's favourite (the last) reaches 40 where the best reaches 50: regret 10; top-3 {2, 3, 4} vs
+    # {2, 3, 4}: all three shared.
+    assert one_swap["regret"] == pytest.approx(10.0) and one_swap["top3_overlap"] == 3
+    lo, hi = one_swap["kendall_tau_90"]
+    assert -1.0 <= lo <= 0.8 <= hi <= 1.0
+    families = ["a", "a", "a", "a", "b"]
+    by_family = ranking_statistics([1, 2, 3, 4, 5], [4, 3, 2, 1, 9], families)["kendall_tau_by_family"]
+    assert by_family == {"a": pytest.approx(-1.0)}  # "b" has one member: no tau of its own
+
+
+def fake_table(rows: list[tuple[str, float, bool]]) -> pd.DataFrame:
+    """Trials with the given stage-1 mixer, accuracy and feasibility (stage 2 always dwconv)."""
+    from mixnas.search_space import ArchConfig
+
+    mixers = {"window_attn": {"type": "window_attn", "window_size": 4}, "dwconv": {"type": "dwconv", "kernel_size": 3},
+              "dge": {"type": "dge", "granularities": [1, 2]}}
+    out = []
+    for i, (mixer, accuracy, feasible) in enumerate(rows):
+        a = ArchConfig.from_dict({"input_size": 32, "num_classes": 10, "patch_size": 8, "stages": [
+            {"depth": 1 + i, "dim": 16, "heads": 2, "mlp_ratio": 2.0, "mixer": mixers[mixer]},
+            {"depth": 1, "dim": 32, "heads": 2, "mlp_ratio": 2.0, "mixer": mixers["dwconv"]},
+        ]})
+        out.append({"number": i, "state": "COMPLETE", "arch_id": a.arch_id, "arch": a.canonical_json(),
+                    "summary": a.summary(), "accuracy": accuracy, "gflops": 0.001 * (i + 1), "feasible": feasible,
+                    "is_reference": False})
+    return pd.DataFrame(out)
+
+
+def test_picks_cover_every_mixer_include_the_best_and_spread() -> None:
+    rows = [("window_attn", 90.0 - i, True) for i in range(12)] + [("dge", 20.0, True), ("window_attn", 95.0, False)]
+    table = fake_table(rows)
+    picks = pick_architectures(table, 5)
+    assert len(picks) == 5 and picks["arch_id"].is_unique
+    assert 90.0 in set(picks["accuracy"])  # the most accurate feasible one (95 is infeasible)
+    mixers = {m for a in picks["arch"] for m in ranking_module.mixers_of(a)}
+    assert {"window_attn", "dwconv", "dge"} <= mixers
+    assert picks["accuracy"].max() - picks["accuracy"].min() >= 60  # spread from the top to the bottom
+    assert list(picks["accuracy"]) == sorted(picks["accuracy"], reverse=True)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def searched(trained_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.set_num_threads(1)
+    run = tmp_path_factory.mktemp("ranked") / "run"
+    shutil.copytree(trained_run(SPACE, epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2), run)
+    evaluator = CandidateEvaluator(run, EvalSettings(latency="none", calib_batches=1, val_limit=64, flops_images=2))
+    run_optuna_search(run, SearchSettings(trials=6, objectives=("accuracy", "gflops"), sampler="random",
+                                          references=False), evaluator, progress=False)
+    return run
+
+
+QUICK = RankSettings(archs=3, epochs=1, steps_per_epoch=2, device="cpu")
+
+
+def test_rank_check_end_to_end_resumes_and_draws_its_page(searched: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(searched, run)
+    calls: list[str] = []
+    original = ranking_module._train
+
+    def interrupted(arch: dict, out_dir: str, config: dict, device: str) -> float:
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the check stopped during its third training
+        calls.append(out_dir)
+        return original(arch, out_dir, config, device)
+
+    monkeypatch.setattr(ranking_module, "_train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        rank_check(run, QUICK, progress=False)
+    assert load_ranking(run) is None  # nothing written before every training is done
+    monkeypatch.setattr(ranking_module, "_train", original)
+    trained_before = {p.name: (p / "checkpoint.pt").stat().st_mtime_ns for p in (run / "ranking").iterdir()
+                      if (p / "checkpoint.pt").exists()}
+    assert len(trained_before) == 2
+    stats = rank_check(run, QUICK, progress=False)  # continues: only the third is trained now
+    for name, mtime in trained_before.items():
+        assert (run / "ranking" / name / "checkpoint.pt").stat().st_mtime_ns == mtime, name
+    table, summary = load_ranking(run)
+    assert len(table) == 3 and table["arch_id"].is_unique
+    assert {"arch_id", "summary", "supernet_accuracy", "standalone_accuracy_seed0", "standalone_accuracy",
+            "epochs", "stage1_mixer"} <= set(table.columns)
+    assert table["standalone_accuracy"].between(0, 100).all() and (table["epochs"] == 1).all()
+    assert summary["kendall_tau"] == pytest.approx(stats["kendall_tau"], nan_ok=True)
+    assert json.loads((run / "ranking" / "summary.json").read_text())["n"] == 3
+    # The results page.
+    assert main(["results", str(run), "--objectives", "accuracy,flops"]) == 0
+    page = (run / "pages" / "ranking.html").read_text()
+    assert "Kendall tau" in page and 'href="ranking.html"' in (run / "pages" / "index.html").read_text()
+
+
+def test_rank_check_refuses_an_unsearched_run(trained_run, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run(SPACE, epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2), run)
+    assert main(["rank-check", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not searched yet" in err and str(run) in err
+
+
+@pytest.mark.slow
+def test_rank_check_on_ray(searched: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(searched, run)
+    stats = rank_check(run, RankSettings(archs=2, epochs=1, steps_per_epoch=2, device="cpu", backend="ray"),
+                       progress=False)
+    table, _ = load_ranking(run)
+    assert stats["n"] == 2 and len(table) == 2
+    local = tmp_path / "local"
+    shutil.copytree(searched, local)
+    rank_check(local, RankSettings(archs=2, epochs=1, steps_per_epoch=2, device="cpu"), progress=False)
+    # The same trainings, the same code: the same accuracies in a Ray worker as in process.
+    assert list(load_ranking(local)[0]["standalone_accuracy"]) == list(table["standalone_accuracy"])

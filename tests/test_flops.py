@@ -65,7 +65,9 @@ def dge_call(block: nn.Module, x: Tensor, granularities: tuple[int, ...], kv_red
              choice: Tensor | None = None) -> tuple[Tensor, object]:
     """The block's DGE on its own norms and FFN: (output, DynamicCost)."""
     parts = BlockParts(block.norm1, block.norm2, lambda t: block.ffns["mlp"](t, HIDDEN), HIDDEN)
-    config = MixerConfig.from_dict({"type": "dge", "granularities": list(granularities), "kv_reduction": kv_reduction})
+    pos_conv = block.mixers["dge"].pos_conv is not None
+    config = MixerConfig.from_dict({"type": "dge", "granularities": list(granularities), "kv_reduction": kv_reduction,
+                                    "pos_conv": pos_conv})
     return block.mixers["dge"](x, MixerContext(config, HEADS, 0, 0.0, parts), choice=choice)
 
 
@@ -200,12 +202,13 @@ def test_local_ffn_flops(se: bool) -> None:
 # DGE (a whole block), evaluated sparsely with forced granularities
 
 
-def dge_block(granularities: tuple[int, ...], kv_reduction: int) -> nn.Module:
+def dge_block(granularities: tuple[int, ...], kv_reduction: int, pos_conv: bool = False) -> nn.Module:
     arch = ArchConfig.from_dict({
         "input_size": RES * 4, "num_classes": 10, "patch_size": 4,
         "stages": [{
             "depth": 1, "dim": C, "heads": HEADS, "mlp_ratio": HIDDEN / C, "ffn": "mlp",
-            "mixer": {"type": "dge", "granularities": list(granularities), "kv_reduction": kv_reduction},
+            "mixer": {"type": "dge", "granularities": list(granularities), "kv_reduction": kv_reduction,
+                      "pos_conv": pos_conv},
         }],
     })
     return build_model(arch).stages[0].blocks[0]
@@ -268,3 +271,17 @@ def test_dge_forced_choice_skips_router() -> None:
     attention = LAYER_NORM * q * C + q * C * C + 2 * q * N * C + q * C * C
     ffn = LAYER_NORM * q * C + 2 * q * C * HIDDEN
     check(model, kv + attention + ffn)
+
+
+def test_dge_positional_conv_flops() -> None:
+    """The positional conv costs a dense 3x3 depth-wise conv and its BatchNorm, whatever the routing."""
+    granularities = (1, 2)
+    without, with_conv = dge_block(granularities, 1), dge_block(granularities, 1, pos_conv=True)
+    with_conv.mixers["dge"].load_state_dict(without.mixers["dge"].state_dict(), strict=False)
+    for block in (without, with_conv):
+        with torch.no_grad():
+            block.mixers["dge"].router.bias.fill_(-10.0)
+            block.mixers["dge"].router.bias[0] = 10.0  # every region coarse, so routing cannot differ
+    a = count_flops(Traced(lambda x: dge_call(without, x, granularities)[0], without), tokens())
+    b = count_flops(Traced(lambda x: dge_call(with_conv, x, granularities)[0], with_conv), tokens())
+    assert b - a == N * C * 3 * 3 + BATCH_NORM * N * C

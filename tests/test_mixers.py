@@ -91,7 +91,8 @@ def dge_call(dge: DynamicGrainedEncoder, x: Tensor, block: Block, heads: int, hi
              granularities: Any, kv_reduction: int = 1, choice: Tensor | None = None) -> tuple[Tensor, Any]:
     """DGE wraps its block: it gets the block's norms and FFN; returns (output, DynamicCost)."""
     parts = BlockParts(block.norm1, block.norm2, lambda t: block.ffns["mlp"](t, hidden), hidden)
-    config = MixerConfig.from_dict({"type": "dge", "granularities": list(granularities), "kv_reduction": kv_reduction})
+    config = MixerConfig.from_dict({"type": "dge", "granularities": list(granularities), "kv_reduction": kv_reduction,
+                                    "pos_conv": dge.pos_conv is not None})
     return dge(x, MixerContext(config, heads, 0, 0.0, parts), choice=choice)
 
 
@@ -273,9 +274,12 @@ def test_refiner_identity_refinement_is_attention() -> None:
 # DGE
 
 
-def dge_setup(granularities: list[int], kv_reduction: int = 1, depth: int = 1) -> tuple[ArchConfig, MixerNet]:
-    arch = make_arch({"type": "dge", "granularities": granularities, "kv_reduction": kv_reduction},
-                     stages=1, depth=depth)
+def dge_setup(granularities: list[int], kv_reduction: int = 1, depth: int = 1,
+              pos_conv: bool = False) -> tuple[ArchConfig, MixerNet]:
+    """A one-stage DGE network; without the positional conv unless asked (its BatchNorm differs between
+    training and evaluation, which the routing tests compare)."""
+    arch = make_arch({"type": "dge", "granularities": granularities, "kv_reduction": kv_reduction,
+                      "pos_conv": pos_conv}, stages=1, depth=depth)
     return arch, build_model(arch)
 
 
@@ -375,7 +379,7 @@ def test_dge_model_train_equals_eval_for_same_routing(monkeypatch: pytest.Monkey
     """End to end over two DGE stages: with the Gumbel noise removed, training's hard gates are the
     router's argmax, which evaluation takes, and the dense and sparse models give the same logits."""
     torch.manual_seed(0)
-    arch = make_arch({"type": "dge", "granularities": [1, 2], "kv_reduction": 2}, stages=2)
+    arch = make_arch({"type": "dge", "granularities": [1, 2], "kv_reduction": 2, "pos_conv": False}, stages=2)
     model = build_model(arch)
     with torch.no_grad():
         for dge in dge_modules(model):

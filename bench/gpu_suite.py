@@ -133,7 +133,7 @@ def part_dge(device: str, smoke: bool) -> str:
     dense = build_model(base).eval()
     dense_gflops = count_flops(dense, x1) / 1e9
     lines = header("DGE: latency saved against FLOPs saved (sparse evaluation)", device)
-    lines += [f"Against deit_s at {base.input_size} px ({dense_gflops:.2f} GFLOPs). Goal: latency cut / FLOPs "
+    lines += [f"Against deit_s at {base.input_size} px ({dense_gflops:.3g} GFLOPs). Goal: latency cut / FLOPs "
               f"cut >= 0.7.", "", "| router | batch | GFLOPs | FLOPs cut | ms | deit_s ms | latency cut | ratio |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     dense_ms = {b: measure_latency(dense, base.input_size, b, device, runs, warmup).median_ms for b in batches}
@@ -149,7 +149,7 @@ def part_dge(device: str, smoke: bool) -> str:
             f_cut, l_cut = 1 - gflops / dense_gflops, 1 - ms / dense_ms[b]
             ratio = l_cut / f_cut if f_cut > 1e-6 else math.nan
             label = "as initialised" if g is None else f"forced to {g}"
-            lines.append(f"| {label} | {b} | {gflops:.2f} | {f_cut:.0%} | {ms:.2f} | {dense_ms[b]:.2f} | "
+            lines.append(f"| {label} | {b} | {gflops:.3g} | {f_cut:.0%} | {ms:.2f} | {dense_ms[b]:.2f} | "
                          f"{l_cut:.0%} | {ratio:.2f} |")
         if g == 1:
             from torch.profiler import ProfilerActivity, profile

@@ -96,6 +96,7 @@ def train_config_from_args(args: argparse.Namespace):
         data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         num_random=args.num_random, distill=not args.no_distill, rotate_mixers=args.rotate_mixers,
+        distill_min_teacher_acc=args.distill_min_teacher_acc, fair=args.fair,
         budget_weight=args.budget_weight,
         clip_grad=args.clip_grad, seed=args.seed, steps_per_epoch=args.steps_per_epoch,
         calib_batches=args.calib_batches, workers=args.workers,
@@ -425,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-distill", action="store_true", help="train every architecture on the labels")
     p.add_argument("--rotate-mixers", action="store_true",
                    help="the sandwich's largest and smallest take each mixer in turn (default: the first listed)")
+    p.add_argument("--distill-min-teacher-acc", type=float, default=0.0,
+                   help="distil only from a teacher at least this accurate (%%) on the batch; labels before")
+    p.add_argument("--fair", action="store_true",
+                   help="FairNAS: each step's random architectures use every mixer of every stage once")
     p.add_argument("--budget-weight", type=float, default=1.0, help="weight of DGE's budget loss")
     p.set_defaults(func=cmd_supernet_train)
 

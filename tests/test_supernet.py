@@ -103,3 +103,42 @@ def test_sandwich_rotates_the_mixer_of_its_largest_and_smallest() -> None:
     assert seen == kinds == ["window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"]
     fixed = sandwich_archs(space, rng, TrainConfig(), 3)
     assert fixed[0] == space.largest() and fixed[1] == space.smallest()
+
+
+def test_fair_sampling_covers_every_mixer_of_every_stage_each_step() -> None:
+    from mixnas.training import TrainConfig, sandwich_archs
+
+    space = shipped_space(SPACES / "demo.yaml")
+    rng = random.Random(0)
+    for step in range(3):
+        largest, smallest, *fair = sandwich_archs(space, rng, TrainConfig(fair=True), step)
+        assert len(fair) == max(len(st.mixers) for st in space.stages) == 5
+        for i, st in enumerate(space.stages):
+            assert sorted(a.stages[i].mixer.type for a in fair) == sorted(m.type for m in st.mixers)
+        assert all(space.contains(a) for a in fair)
+    assert len({a.arch_id for a in fair}) == 5
+
+
+def test_distillation_waits_for_a_teacher_above_chance() -> None:
+    """Below the threshold every architecture learns from the labels (the loss is the label loss), above
+    it the smaller ones learn from the teacher's soft predictions."""
+    import torch.nn.functional as F
+
+    from mixnas.training import SandwichLoss
+
+    space = shipped_space(SPACES / "demo.yaml")
+    torch.manual_seed(0)
+    supernet = Supernet(space).eval()  # eval: the same logits on every call
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    archs = [space.largest(), space.smallest()]
+    with torch.no_grad():
+        teacher_acc = 100.0 * float((supernet(x, archs[0]).argmax(-1) == y).float().mean())
+        student = supernet(x, archs[1])
+        label_loss = F.cross_entropy(student, y)  # label smoothing 0 below
+        soft_loss = -(F.softmax(supernet(x, archs[0]), -1) * F.log_softmax(student, -1)).sum(-1).mean()
+        first = F.cross_entropy(supernet(x, archs[0]), y)
+    gated = SandwichLoss(supernet, 0.0, True, 1.0, distill_min_teacher_acc=teacher_acc + 1)
+    open_ = SandwichLoss(supernet, 0.0, True, 1.0, distill_min_teacher_acc=max(teacher_acc - 1, 0.001))
+    with torch.no_grad():
+        torch.testing.assert_close(gated(x, y, archs)[0], first + label_loss)
+        torch.testing.assert_close(open_(x, y, archs)[0], first + soft_loss)

@@ -488,6 +488,8 @@ def start_ray(settings: RaySettings, say: Any = None) -> bool:
     if settings.cpus_per_trial > cpus:
         raise ConfigError(f"--cpus-per-trial: {settings.cpus_per_trial:g} CPUs asked, this machine has {cpus}")
     temp_dir = tempfile.mkdtemp(prefix="mixnas-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    # Ray 2.60 announces, as a warning, that it turned token authentication on for the local instance.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     _start_watchdog(temp_dir)
     with _single_machine_mode():
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK,

@@ -331,12 +331,13 @@ class SearchSpace:
             name=name,
         )
 
-    def sample(self, rng: Rng = None) -> ArchConfig:
-        """A uniformly random mixer type per stage, then uniform values for everything else."""
+    def sample(self, rng: Rng = None, mixers: Sequence[str] | None = None) -> ArchConfig:
+        """A uniformly random mixer type per stage (or the given one per stage), then uniform values for
+        everything else."""
         r = _as_random(rng)
         stages = []
-        for st in self.stages:
-            m = _pick(r, st.mixers)
+        for i, st in enumerate(self.stages):
+            m = _pick(r, st.mixers) if mixers is None else st.mixer(mixers[i])
             opt = MixerConfig(m.type, tuple((n, _pick(r, vals)) for n, vals in m.params))
             stages.append(StageConfig(
                 depth=_pick(r, st.depths), dim=_pick(r, st.dims), heads=_pick(r, st.heads),

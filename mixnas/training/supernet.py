@@ -54,8 +54,13 @@ class TrainConfig:
         label_smoothing: for the largest architecture's cross-entropy.
         num_random: random architectures per step besides the largest and the smallest.
         distill: smaller architectures learn from the largest's soft predictions (else from labels).
-        rotate_mixers: the sandwich's largest and smallest take each common mixer in turn, step by step
-            (off by default: on the 5-epoch demo it left the supernet at chance, see the README).
+        distill_min_teacher_acc: distil only from a teacher at least this accurate (%) on the step's batch;
+            below it (early in training, when the teacher is at chance) every architecture learns from the
+            labels. 0 distils from the first step.
+        rotate_mixers: the sandwich's largest and smallest take each common mixer in turn, step by step.
+        fair: the random architectures of a step are a FairNAS set: each stage offers its every mixer once
+            among them (as many architectures as the stage with most mixers offers), replacing
+            ``num_random`` samples.
         budget_weight: weight of DGE's budget loss.
         clip_grad: gradient-norm clip (0 disables).
         seed: seeds every random choice of the run.
@@ -73,7 +78,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     num_random: int = 2
     distill: bool = True
+    distill_min_teacher_acc: float = 0.0
     rotate_mixers: bool = False
+    fair: bool = False
     budget_weight: float = 1.0
     clip_grad: float = 5.0
     seed: int = 0
@@ -137,24 +144,30 @@ class SandwichLoss(nn.Module):
         budget_weight: weight of DGE's budget loss.
     """
 
-    def __init__(self, supernet: Supernet, label_smoothing: float, distill: bool, budget_weight: float) -> None:
+    def __init__(self, supernet: Supernet, label_smoothing: float, distill: bool, budget_weight: float,
+                 distill_min_teacher_acc: float = 0.0) -> None:
         super().__init__()
         self.supernet = supernet
         self.hard = LabelSmoothingCrossEntropy(label_smoothing) if label_smoothing > 0 else nn.CrossEntropyLoss()
         self.soft = SoftTargetCrossEntropy()
         self.distill, self.budget_weight = distill, budget_weight
+        self.min_teacher_acc = distill_min_teacher_acc
 
     def forward(self, x: Tensor, y: Tensor, archs: list[ArchConfig]) -> tuple[Tensor, Tensor]:
         """Returns (sum of the architectures' losses, the largest's loss), archs[0] being the largest."""
         total = x.new_zeros(())
         teacher = None
         first = x.new_zeros(())
+        distill = self.distill
         for i, arch in enumerate(archs):
             logits, costs = self.supernet.forward_with_costs(x, arch)
-            loss = self.hard(logits, y) if i == 0 or not self.distill else self.soft(logits, teacher)
+            loss = self.hard(logits, y) if i == 0 or not distill else self.soft(logits, teacher)
             if i == 0:
                 teacher = F.softmax(logits.detach().float(), dim=-1)
                 first = loss.detach()
+                if distill and self.min_teacher_acc > 0:  # a teacher at chance teaches noise: labels until it is not
+                    accuracy = 100.0 * float((teacher.argmax(-1) == y).float().mean())
+                    distill = accuracy >= self.min_teacher_acc
             budget = budget_loss(costs)
             if budget is not None:
                 loss = loss + self.budget_weight * budget
@@ -171,7 +184,22 @@ def sandwich_archs(space: SearchSpace, rng: random.Random, config: TrainConfig, 
     """
     kinds = space.mixer_types() if config.rotate_mixers else []
     mixer = kinds[step % len(kinds)] if kinds else None
-    return [space.largest(mixer), space.smallest(mixer)] + [space.sample(rng) for _ in range(config.num_random)]
+    extremes = [space.largest(mixer), space.smallest(mixer)]
+    if config.fair:
+        return extremes + fair_archs(space, rng)
+    return extremes + [space.sample(rng) for _ in range(config.num_random)]
+
+
+def fair_archs(space: SearchSpace, rng: random.Random) -> list[ArchConfig]:
+    """A FairNAS set: n random architectures, n the most mixers a stage offers, in which every stage uses
+    each of its mixers once (a stage offering fewer cycles through a shuffled order of them)."""
+    n = max(len(st.mixers) for st in space.stages)
+    orders = []
+    for st in space.stages:
+        kinds = [m.type for m in st.mixers]
+        rng.shuffle(kinds)
+        orders.append([kinds[j % len(kinds)] for j in range(n)])
+    return [space.sample(rng, mixers=[order[j] for order in orders]) for j in range(n)]
 
 
 # ---------------------------------------------------------------------------------------- run files
@@ -263,7 +291,8 @@ def train_supernet(
 
     torch.manual_seed(config.seed)
     supernet = Supernet(space).to(dev)
-    sandwich = SandwichLoss(supernet, config.label_smoothing, config.distill, config.budget_weight)
+    sandwich = SandwichLoss(supernet, config.label_smoothing, config.distill, config.budget_weight,
+                            config.distill_min_teacher_acc)
     step_module: nn.Module = sandwich
     sampler = None
     if ctx.world_size > 1:

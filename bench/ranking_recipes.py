@@ -1,0 +1,130 @@
+"""Which supernet training recipe ranks architectures the way training them from scratch does?
+
+A reference run holds a finished ``mixnas rank-check`` (K architectures trained from scratch, their
+standalone accuracies in ``RUN/ranking/ranking.parquet``). For each recipe variant this script trains a
+supernet on the same space and data, scores the same K architectures with inherited weights (BatchNorm
+recalibrated, the evaluator of ``mixnas search``), and records Kendall tau (bootstrap 90% interval),
+Spearman rho, top-3 overlap and regret against the standalone accuracies, plus the largest's, the
+smallest's and every all-X reference's accuracy and the training's wall time.
+
+    python bench/ranking_recipes.py --reference RUN --name fair --fair --epochs 12
+    python bench/ranking_recipes.py --render docs/benchmarks/ranking.md     # the table of every variant
+
+Variants are resumable (the supernet's run directory is kept under --work) and append to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, fields
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "benchmarks" / "ranking_variants.json"
+
+
+def run_variant(args: argparse.Namespace) -> dict:
+    import torch
+
+    from mixnas.search import CandidateEvaluator, EvalSettings
+    from mixnas.search.ranking import load_ranking, ranking_statistics
+    from mixnas.search_space import ArchConfig
+    from mixnas.training import TrainConfig, read_space, train_supernet
+
+    torch.set_num_threads(args.threads)
+    loaded = load_ranking(args.reference)
+    if loaded is None:
+        raise SystemExit(f"{args.reference}: no finished rank-check (run mixnas rank-check there first)")
+    ranking, reference_summary = loaded
+    space = read_space(args.reference)
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    config = TrainConfig(**{"data": "digits", "epochs": 5, "calib_batches": 10, **overrides})
+    run = Path(args.work) / args.name
+    start = time.perf_counter()
+    train_supernet(space, run, config, device="cpu", progress=not args.quiet)
+    train_seconds = time.perf_counter() - start
+    evaluator = CandidateEvaluator(run, EvalSettings(latency="none"))
+    supernet_acc = [evaluator.evaluate(ArchConfig.from_dict(json.loads(a)))["accuracy"] for a in ranking["arch"]]
+    stats = ranking_statistics(supernet_acc, ranking["standalone_accuracy"], list(ranking["stage1_mixer"]))
+    extremes = {name: evaluator.evaluate(arch)["accuracy"] for name, arch in
+                (("largest", space.largest()), ("smallest", space.smallest()))}
+    refs = {f"all {m}": evaluator.evaluate(space.largest(m))["accuracy"] for m in space.mixer_types()}
+    row = {
+        "name": args.name, "config": {k: v for k, v in asdict(config).items() if k in overrides or k == "epochs"},
+        "train_minutes": round(train_seconds / 60, 2), "kendall_tau": stats["kendall_tau"],
+        "kendall_tau_90": stats["kendall_tau_90"], "spearman_rho": stats["spearman_rho"],
+        "top3_overlap": stats["top3_overlap"], "regret": stats["regret"], **extremes, "references": refs,
+        "supernet_accuracy": supernet_acc, "standalone_epochs": int(ranking["epochs"].iloc[0]),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s)",
+        "date": str(date.today()), "note": args.note,
+    }
+    results = json.loads(args.results.read_text()) if args.results.is_file() else []
+    results = [r for r in results if r["name"] != args.name] + [row]
+    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k != "supernet_accuracy"}, indent=1))
+    return row
+
+
+def render(results_path: Path, out: Path, reference: Path | None) -> None:
+    results = json.loads(results_path.read_text())
+    lines = ["# Ranking fidelity: supernet training recipes", "",
+             "Each row: a supernet trained on the demo space with the recipe named, then the same 12 searched "
+             "architectures scored with inherited weights (BatchNorm recalibrated) and compared with the same "
+             "architectures trained from scratch (`mixnas rank-check`, "
+             f"{results[0]['standalone_epochs'] if results else '?'} epochs each). Measured with "
+             "`bench/ranking_recipes.py`.", "",
+             "| recipe | settings | train min | Kendall tau (90% CI) | Spearman | top-3 | regret | largest | "
+             "smallest | all-X references |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        lo, hi = r["kendall_tau_90"]
+        settings = ", ".join(f"{k}={v}" for k, v in r["config"].items())
+        refs = ", ".join(f"{k[4:]} {v:.0f}" for k, v in r["references"].items())
+        lines.append(f"| {r['name']} | {settings} | {r['train_minutes']:.1f} | {r['kendall_tau']:.2f} "
+                     f"({lo:.2f} to {hi:.2f}) | {r['spearman_rho']:.2f} | {r['top3_overlap']}/3 | "
+                     f"{r['regret']:.1f} | {r['largest']:.1f} | {r['smallest']:.1f} | {refs} |")
+    if results:
+        lines += ["", f"Machine: {results[-1]['machine']}; dates {min(r['date'] for r in results)} to "
+                      f"{max(r['date'] for r in results)}."]
+    notes = [f"* {r['name']}: {r['note']}" for r in results if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> int:
+    from mixnas.training import TrainConfig
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reference", type=Path, help="a run directory with a finished rank-check")
+    p.add_argument("--name", help="the variant's name")
+    p.add_argument("--work", type=Path, default=Path("/tmp/mixnas-recipes"), help="where the supernets are trained")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the JSON file the rows go to")
+    p.add_argument("--render", type=Path, default=None, help="write the Markdown table of every variant here")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--note", default="")
+    p.add_argument("--quiet", action="store_true")
+    for f in fields(TrainConfig):
+        if f.name == "data":
+            continue
+        kind = {bool: lambda s: s.lower() in ("1", "true", "yes")}.get(type(f.default), type(f.default))
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=None)
+    args = p.parse_args()
+    if args.render:
+        render(args.results, args.render, args.reference)
+        return 0
+    if not args.reference or not args.name:
+        p.error("--reference and --name are needed to run a variant")
+    run_variant(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,7 @@ Variants are resumable (the supernet's run directory is kept under --work) and a
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -64,9 +65,13 @@ def run_variant(args: argparse.Namespace) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s)",
         "date": str(date.today()), "note": args.note,
     }
-    results = json.loads(args.results.read_text()) if args.results.is_file() else []
-    results = [r for r in results if r["name"] != args.name] + [row]
-    args.results.write_text(json.dumps(results, indent=1) + "\n")
+    with open(args.results.with_suffix(".lock"), "w") as lock:  # variants run side by side
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(args.results.read_text()) if args.results.is_file() else []
+        results = [r for r in results if r["name"] != args.name] + [row]
+        tmp = args.results.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        os.replace(tmp, args.results)  # atomic: a killed run leaves the previous file
     print(json.dumps({k: v for k, v in row.items() if k != "supernet_accuracy"}, indent=1))
     return row
 

@@ -255,6 +255,9 @@ def part_cuda_paths(device: str, smoke: bool) -> str:
     arch = space.largest()
     model = build_model(arch).eval().to(device)
     eager = measure_latency(model, 32, 64, device, 5 if smoke else 50, 2).median_ms
+    if smoke and kind == "cpu":  # inductor's C++ build alone takes about a minute on 2 cores
+        lines.append(f"* torch.compile: skipped in the CPU smoke run (eager {eager:.2f} ms).")
+        return "\n".join(lines) + "\n"
     try:
         compiled = torch.compile(model)
         with torch.no_grad():

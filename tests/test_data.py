@@ -29,7 +29,7 @@ def digits() -> DatasetBundle:
 
 def test_digits_bundle_shapes(digits: DatasetBundle) -> None:
     assert (digits.name, digits.num_classes, digits.in_chans, digits.input_size) == ("digits", 10, 3, 32)
-    assert len(digits.train) == 7190 and len(digits.val) == 718 and len(digits.calib) == len(digits.train)
+    assert len(digits.train) == 7190 and len(digits.val) == 1436 and len(digits.calib) == len(digits.train)
     for ds in (digits.train, digits.val, digits.calib):
         x, y = ds[5]
         assert x.dtype == torch.float32 and x.shape == (3, 32, 32)

@@ -22,6 +22,7 @@ from mixnas.search.ranking import (
     pick_architectures,
     rank_check,
     ranking_statistics,
+    seed_agreement,
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
@@ -55,6 +56,13 @@ def test_statistics_on_constructed_tables() -> None:
     families = ["a", "a", "a", "a", "b"]
     by_family = ranking_statistics([1, 2, 3, 4, 5], [4, 3, 2, 1, 9], families)["kendall_tau_by_family"]
     assert by_family == {"a": pytest.approx(-1.0)}  # "b" has one member: no tau of its own
+
+
+def test_seed_agreement_is_the_mean_tau_over_pairs_of_seeds() -> None:
+    assert seed_agreement([[1, 2, 3, 4, 5]]) is None  # one seed: nothing to agree with
+    assert seed_agreement([[1, 2, 3, 4, 5], [10, 20, 30, 50, 40]]) == pytest.approx(0.8)  # one swapped pair
+    # Three seeds: pairs (0, 1) tau 1, (0, 2) tau -1, (1, 2) tau -1: mean -1/3.
+    assert seed_agreement([[1, 2, 3], [4, 5, 6], [9, 8, 7]]) == pytest.approx(-1 / 3)
 
 
 def fake_table(rows: list[tuple[str, float, bool]]) -> pd.DataFrame:
@@ -132,6 +140,7 @@ def test_rank_check_end_to_end_resumes_and_draws_its_page(searched: Path, tmp_pa
             "epochs", "stage1_mixer"} <= set(table.columns)
     assert table["standalone_accuracy"].between(0, 100).all() and (table["epochs"] == 1).all()
     assert summary["kendall_tau"] == pytest.approx(stats["kendall_tau"], nan_ok=True)
+    assert summary["seed_agreement_tau"] is None  # QUICK trains one seed
     assert json.loads((run / "ranking" / "summary.json").read_text())["n"] == 3
     # The results page.
     assert main(["results", str(run), "--objectives", "accuracy,flops"]) == 0

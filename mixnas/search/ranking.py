@@ -173,6 +173,19 @@ def ranking_statistics(supernet: Sequence[float], standalone: Sequence[float], f
     return out
 
 
+def seed_agreement(per_seed: Sequence[Sequence[float]]) -> float | None:
+    """Mean Kendall tau between the standalone accuracies of every pair of seeds (None with one seed).
+
+    It measures how well training from scratch agrees with itself: the supernet's tau against the
+    seed-averaged accuracies is judged against it, since no proxy can rank more reliably than the noise of
+    the reference it is compared with allows.
+    """
+    runs = [np.asarray(r, float) for r in per_seed]
+    if len(runs) < 2:
+        return None
+    return float(np.mean([_kendall(runs[i], runs[j]) for i in range(len(runs)) for j in range(i + 1, len(runs))]))
+
+
 # ------------------------------------------------------------------------------------------ training
 def _train(arch_dict: dict, out_dir: str, config: dict, device: str) -> float:
     """One standalone training (a Ray task or a local call): its final validation top-1 (%)."""
@@ -230,6 +243,8 @@ def rank_check(run_dir: str | Path, settings: RankSettings | None = None, progre
         ranking = pd.DataFrame(rows)
         stats = ranking_statistics(ranking["supernet_accuracy"], ranking["standalone_accuracy"],
                                    list(ranking["stage1_mixer"]))
+        stats["seed_agreement_tau"] = seed_agreement(
+            [ranking[f"standalone_accuracy_seed{s}"] for s in range(settings.seeds)])
         atomic_write(run.ranking_dir / RANKING_FILE, lambda tmp: ranking.to_parquet(tmp, index=False))
         summary = {**stats, "settings": asdict(settings), "data": data}
         atomic_write(run.ranking_dir / SUMMARY_FILE, lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
@@ -288,6 +303,9 @@ def format_summary(stats: dict[str, Any]) -> str:
         f"top-3 overlap {stats['top3_overlap']}/3, regret {stats['regret']:.2f} points "
         f"(standalone accuracies span {stats['standalone_span']:.1f} points, supernet's {stats['supernet_span']:.1f})",
     ]
+    if stats.get("seed_agreement_tau") is not None:
+        lines.append(f"standalone seeds agree with each other at Kendall tau {stats['seed_agreement_tau']:.3f} "
+                     "(the ceiling set by training noise)")
     if stats["kendall_tau_by_family"]:
         lines.append("tau by stage-1 mixer: " + ", ".join(
             f"{k} {v:.2f}" for k, v in stats["kendall_tau_by_family"].items()))
@@ -295,4 +313,4 @@ def format_summary(stats: dict[str, Any]) -> str:
 
 
 __all__ = ["RankSettings", "format_summary", "load_ranking", "pick_architectures", "rank_check",
-           "ranking_statistics"]
+           "ranking_statistics", "seed_agreement"]

@@ -1,5 +1,6 @@
 """Chaos: ``kill -9`` the main job at random moments in each of its four stages, restart it after each kill,
-and check that it ends exactly where an uninterrupted run ends. Then the same for ``mixnas train``.
+and check that it ends exactly where an uninterrupted run ends. Then the same for ``mixnas train``
+and for ``mixnas rank-check`` on the finished run (the same ranking table as an uninterrupted check).
 
 The job is ``mixnas run --preset demo`` shortened (fewer epochs, steps and trials; accuracy and GFLOPs
 as the objectives, whose values do not depend on the clock as latency does). After the kills:
@@ -244,6 +245,39 @@ def chaos_train(work: Path, kills: int, rng: random.Random, say=print) -> Chaos:
     return record
 
 
+def chaos_rank_check(work: Path, finished: Path, kills: int, rng: random.Random, say=print) -> Chaos:
+    """``mixnas rank-check`` on a finished run, killed ``kills`` times at random moments, against an
+    uninterrupted check of a copy of the same run."""
+    import pandas as pd
+
+    straight, chaotic = work / "rank_straight", work / "rank_chaos"
+    shutil.copytree(finished, straight)
+    shutil.copytree(finished, chaotic)
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "mixnas.cli", "rank-check", str(out), "--archs", "3", "--epochs", "2",
+                "--steps-per-epoch", "15", "--device", "cpu", "--quiet"]
+
+    run_to_end(command(straight))
+    record = Chaos(kills={"rank-check": 0})
+    for _ in range(kills):
+        proc, _lines = _start(command(chaotic))
+        time.sleep(rng.uniform(2.0, 15.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            record.kills["rank-check"] += 1
+        proc.wait()
+        record.restarts += 1
+    run_to_end(command(chaotic))
+    a = pd.read_parquet(straight / "ranking" / "ranking.parquet")
+    b = pd.read_parquet(chaotic / "ranking" / "ranking.parquet")
+    if not a.equals(b):
+        record.problems.append("the ranking tables differ")
+    if list(chaotic.rglob(".*.tmp")):
+        record.problems.append("temporary files left")
+    return record
+
+
 def schedule(kills: int, rng: random.Random) -> list[tuple[int, float]]:
     """``kills`` kills spread over the four stages (round-robin), each after a random delay in its stage."""
     spans = (20.0, 8.0, 1.0, 2.0)  # roughly how long each stage lasts here (s)
@@ -254,6 +288,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kills", type=int, default=12, help="kills of the main job (spread over its stages)")
     p.add_argument("--train-kills", type=int, default=4, help="kills of mixnas train")
+    p.add_argument("--rank-kills", type=int, default=4, help="kills of mixnas rank-check")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--steps", type=int, default=40)
@@ -266,17 +301,19 @@ def main() -> int:
         start = time.perf_counter()
         job = chaos_job(work, schedule(args.kills, rng), args.epochs, args.steps, args.trials)
         train = chaos_train(work, args.train_kills, rng)
+        rank = chaos_rank_check(work, work / "straight" / "demo", args.rank_kills, rng)
         seconds = time.perf_counter() - start
         shutil.rmtree(work, ignore_errors=True)
     buf = io.StringIO()
     print("# Chaos: kill -9 at random moments, then compare with an uninterrupted run\n", file=buf)
     print(f"Run {date.today()} on {platform.machine()} ({os.cpu_count()} cores) with `bench/chaos.py --kills "
-          f"{args.kills} --train-kills {args.train_kills} --seed {args.seed}` ({seconds / 60:.1f} minutes). The job: "
+          f"{args.kills} --train-kills {args.train_kills} --rank-kills {args.rank_kills} --seed {args.seed}` "
+          f"({seconds / 60:.1f} minutes). The job: "
           f"`mixnas run --preset demo` with {args.epochs} epochs of {args.steps} steps, {args.trials} trials, "
           f"objectives accuracy and GFLOPs.\n", file=buf)
     print("| job | kills landed, by stage | restarts | outcome |", file=buf)
     print("|---|---|---:|---|", file=buf)
-    for name, record in (("mixnas run --preset demo", job), ("mixnas train", train)):
+    for name, record in (("mixnas run --preset demo", job), ("mixnas train", train), ("mixnas rank-check", rank)):
         by_stage = ", ".join(f"{k} {v}" for k, v in record.kills.items())
         outcome = "identical to the uninterrupted run" if not record.problems else "; ".join(record.problems)
         print(f"| {name} | {by_stage} | {record.restarts} | {outcome} |", file=buf)
@@ -286,7 +323,7 @@ def main() -> int:
     print(text)
     if args.out:
         args.out.write_text(text)
-    return 0 if not job.problems and not train.problems else 1
+    return 0 if not job.problems and not train.problems and not rank.problems else 1
 
 
 if __name__ == "__main__":

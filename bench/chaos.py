@@ -197,6 +197,20 @@ def chaos_job(work: Path, kills: list[tuple[int, float]], epochs: int, steps: in
     return record
 
 
+def kill_randomly(command: list[str], name: str, kills: int, rng: random.Random, latest: float) -> Chaos:
+    """Start ``command`` ``kills`` times, each SIGKILLed after a random 2..``latest`` s if still running."""
+    record = Chaos(kills={name: 0})
+    for _ in range(kills):
+        proc, _lines = _start(command)
+        time.sleep(rng.uniform(2.0, latest))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            record.kills[name] += 1
+        proc.wait()
+        record.restarts += 1
+    return record
+
+
 TRAIN_ARCH = """name: chaos
 input_size: 32
 num_classes: 10
@@ -217,15 +231,7 @@ def chaos_train(work: Path, kills: int, rng: random.Random, say=print) -> Chaos:
                 "--steps-per-epoch", "25", "--batch-size", "32", "--device", "cpu"]
 
     run_to_end(command(work / "train_straight"))
-    record = Chaos(kills={"train": 0})
-    for _ in range(kills):
-        proc, lines = _start(command(work / "train_chaos"))
-        time.sleep(rng.uniform(2.0, 12.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            record.kills["train"] += 1
-        proc.wait()
-        record.restarts += 1
+    record = kill_randomly(command(work / "train_chaos"), "train", kills, rng, 12.0)
     run_to_end(command(work / "train_chaos"))
     for name in ("model.safetensors", "checkpoint.pt"):
         a, b = work / "train_straight" / name, work / "train_chaos" / name
@@ -264,15 +270,7 @@ def chaos_rank_check(work: Path, finished: Path, kills: int, rng: random.Random,
                 "--steps-per-epoch", "15", "--device", "cpu", "--quiet"]
 
     run_to_end(command(straight))
-    record = Chaos(kills={"rank-check": 0})
-    for _ in range(kills):
-        proc, _lines = _start(command(chaotic))
-        time.sleep(rng.uniform(2.0, 15.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            record.kills["rank-check"] += 1
-        proc.wait()
-        record.restarts += 1
+    record = kill_randomly(command(chaotic), "rank-check", kills, rng, 15.0)
     run_to_end(command(chaotic))
     a = pd.read_parquet(straight / "ranking" / "ranking.parquet")
     b = pd.read_parquet(chaotic / "ranking" / "ranking.parquet")

@@ -8,6 +8,7 @@ Spearman rho, top-3 overlap and regret against the standalone accuracies, plus t
 smallest's and every all-X reference's accuracy and the training's wall time.
 
     python bench/ranking_recipes.py --reference RUN --name fair --fair --epochs 12
+    python bench/ranking_recipes.py --reference RUN --name few --few-shot-from ep14 --epochs 2 --lr 1e-3
     python bench/ranking_recipes.py --render docs/benchmarks/ranking.md     # the table of every variant
 
 Variants are resumable (the supernet's run directory is kept under --work) and append to a JSON file.
@@ -21,7 +22,6 @@ import json
 import os
 import platform
 import sys
-import time
 from dataclasses import asdict, fields
 from datetime import date
 from pathlib import Path
@@ -31,37 +31,75 @@ RESULTS = ROOT / "docs" / "benchmarks" / "ranking_variants.json"
 
 
 def run_variant(args: argparse.Namespace) -> dict:
+    import pandas as pd
     import torch
 
+    from mixnas.packaged import load_space
     from mixnas.search import CandidateEvaluator, EvalSettings
     from mixnas.search.ranking import load_ranking, ranking_statistics
     from mixnas.search_space import ArchConfig
     from mixnas.training import TrainConfig, read_space, train_supernet
 
     torch.set_num_threads(args.threads)
-    loaded = load_ranking(args.reference)
-    if loaded is None:
-        raise SystemExit(f"{args.reference}: no finished rank-check (run mixnas rank-check there first)")
-    ranking, reference_summary = loaded
-    space = read_space(args.reference)
+    if args.reference is not None:
+        loaded = load_ranking(args.reference)
+        if loaded is None:
+            raise SystemExit(f"{args.reference}: no finished rank-check (run mixnas rank-check there first)")
+        ranking = loaded[0]
+        space = read_space(args.reference)
+    else:  # a probe: the supernet's accuracies only; re-run with --reference later to add the ranking
+        ranking = None
+        space = load_space("demo")
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     config = TrainConfig(**{"data": "digits", "epochs": 5, "calib_batches": 10, **overrides})
     run = Path(args.work) / args.name
-    start = time.perf_counter()
-    train_supernet(space, run, config, device="cpu", progress=not args.quiet)
-    train_seconds = time.perf_counter() - start
-    evaluator = CandidateEvaluator(run, EvalSettings(latency="none"))
-    supernet_acc = [evaluator.evaluate(ArchConfig.from_dict(json.loads(a)))["accuracy"] for a in ranking["arch"]]
-    stats = ranking_statistics(supernet_acc, ranking["standalone_accuracy"], list(ranking["stage1_mixer"]))
-    extremes = {name: evaluator.evaluate(arch)["accuracy"] for name, arch in
-                (("largest", space.largest()), ("smallest", space.smallest()))}
-    refs = {f"all {m}": evaluator.evaluate(space.largest(m))["accuracy"] for m in space.mixer_types()}
+
+    def minutes(run_dir: Path) -> float:
+        # The epochs' own times (metrics.csv), so that a resumed variant still reports its whole training.
+        return float(pd.read_csv(run_dir / "metrics.csv")["epoch_seconds"].sum()) / 60
+
+    if args.few_shot_from:
+        # Few-shot split: one sub-supernet per stage-1 mixer, each starting from the shared supernet's
+        # weights and trained on its own sub-space; an architecture is scored by its stage-1 mixer's.
+        base = Path(args.work) / args.few_shot_from
+        if not (base / "supernet.safetensors").is_file():
+            raise SystemExit(f"{base}: no trained supernet (run the variant {args.few_shot_from!r} first)")
+        space = read_space(base)
+        train_min = minutes(base)
+        evaluators = {}
+        for mixer in [m.type for m in space.stages[0].mixers]:
+            sub = run / mixer
+            train_supernet(space.with_stage_mixers(0, [mixer]), sub, config, device="cpu",
+                           progress=not args.quiet, init_weights=base)
+            train_min += minutes(sub)
+            evaluators[mixer] = CandidateEvaluator(sub, EvalSettings(latency="none"))
+    else:
+        train_supernet(space, run, config, device="cpu", progress=not args.quiet)
+        train_min = minutes(run)
+        space = read_space(run)  # as trained (num_classes resolved)
+        evaluators = {None: CandidateEvaluator(run, EvalSettings(latency="none"))}
+
+    def accuracy(arch: ArchConfig) -> float:
+        evaluator = evaluators.get(arch.stages[0].mixer.type, evaluators.get(None))
+        return evaluator.evaluate(arch)["accuracy"]
+
+    if ranking is not None:
+        supernet_acc = [accuracy(ArchConfig.from_dict(json.loads(a))) for a in ranking["arch"]]
+        stats = ranking_statistics(supernet_acc, ranking["standalone_accuracy"], list(ranking["stage1_mixer"]))
+        standalone_epochs = int(ranking["epochs"].iloc[0])
+    else:
+        supernet_acc, standalone_epochs = [], None
+        stats = dict.fromkeys(("kendall_tau", "kendall_tau_90", "spearman_rho", "top3_overlap", "regret"))
+    extremes = {name: accuracy(arch) for name, arch in (("largest", space.largest()), ("smallest", space.smallest()))}
+    refs = {f"all {m}": accuracy(space.largest(m)) for m in space.mixer_types()}
+    settings = {k: v for k, v in asdict(config).items() if k in overrides or k == "epochs"}
+    if args.few_shot_from:
+        settings = {"few_shot_from": args.few_shot_from, **settings}
     row = {
-        "name": args.name, "config": {k: v for k, v in asdict(config).items() if k in overrides or k == "epochs"},
-        "train_minutes": round(train_seconds / 60, 2), "kendall_tau": stats["kendall_tau"],
-        "kendall_tau_90": stats["kendall_tau_90"], "spearman_rho": stats["spearman_rho"],
-        "top3_overlap": stats["top3_overlap"], "regret": stats["regret"], **extremes, "references": refs,
-        "supernet_accuracy": supernet_acc, "standalone_epochs": int(ranking["epochs"].iloc[0]),
+        "name": args.name, "config": settings, "train_minutes": round(train_min, 2),
+        **{k: stats[k] for k in ("kendall_tau", "kendall_tau_90", "spearman_rho", "top3_overlap", "regret")},
+        **extremes, "references": refs,
+        "supernet_accuracy": supernet_acc, "standalone_epochs": standalone_epochs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {args.threads} torch thread(s)",
         "date": str(date.today()), "note": args.note,
     }
@@ -88,12 +126,16 @@ def render(results_path: Path, out: Path, reference: Path | None) -> None:
              "smallest | all-X references |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---|"]
     for r in results:
-        lo, hi = r["kendall_tau_90"]
         settings = ", ".join(f"{k}={v}" for k, v in r["config"].items())
         refs = ", ".join(f"{k[4:]} {v:.0f}" for k, v in r["references"].items())
-        lines.append(f"| {r['name']} | {settings} | {r['train_minutes']:.1f} | {r['kendall_tau']:.2f} "
-                     f"({lo:.2f} to {hi:.2f}) | {r['spearman_rho']:.2f} | {r['top3_overlap']}/3 | "
-                     f"{r['regret']:.1f} | {r['largest']:.1f} | {r['smallest']:.1f} | {refs} |")
+        if r["kendall_tau"] is None:  # a probe without a reference
+            ranked = "— | — | — | —"
+        else:
+            lo, hi = r["kendall_tau_90"]
+            ranked = (f"{r['kendall_tau']:.2f} ({lo:.2f} to {hi:.2f}) | {r['spearman_rho']:.2f} | "
+                      f"{r['top3_overlap']}/3 | {r['regret']:.1f}")
+        lines.append(f"| {r['name']} | {settings} | {r['train_minutes']:.1f} | {ranked} | {r['largest']:.1f} | "
+                     f"{r['smallest']:.1f} | {refs} |")
     if results:
         lines += ["", f"Machine: {results[-1]['machine']}; dates {min(r['date'] for r in results)} to "
                       f"{max(r['date'] for r in results)}."]
@@ -115,6 +157,8 @@ def main() -> int:
     p.add_argument("--render", type=Path, default=None, help="write the Markdown table of every variant here")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--note", default="")
+    p.add_argument("--few-shot-from", default=None, metavar="VARIANT",
+                   help="split this variant's supernet by stage-1 mixer; the training flags apply to each part")
     p.add_argument("--quiet", action="store_true")
     for f in fields(TrainConfig):
         if f.name == "data":
@@ -125,8 +169,8 @@ def main() -> int:
     if args.render:
         render(args.results, args.render, args.reference)
         return 0
-    if not args.reference or not args.name:
-        p.error("--reference and --name are needed to run a variant")
+    if not args.name:
+        p.error("--name is needed to run a variant (--reference adds the ranking; without it, a probe)")
     run_variant(args)
     return 0
 

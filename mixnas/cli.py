@@ -109,7 +109,7 @@ def cmd_supernet_train(args: argparse.Namespace) -> int:
 
     space = load_space(args.space)
     train_supernet(space, args.out, train_config_from_args(args), device=args.device, progress=not args.quiet,
-                   num_classes=args.num_classes)
+                   num_classes=args.num_classes, init_weights=args.init_weights)
     return 0
 
 
@@ -431,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fair", action="store_true",
                    help="FairNAS: each step's random architectures use every mixer of every stage once")
     p.add_argument("--budget-weight", type=float, default=1.0, help="weight of DGE's budget loss")
+    p.add_argument("--init-weights", type=Path, default=None, metavar="RUN_OR_FILE",
+                   help="start from another supernet's weights (a wider space's run directory or .safetensors; "
+                        "e.g. a few-shot part narrowed with fewer mixers); ignored when resuming")
     p.set_defaults(func=cmd_supernet_train)
 
     add_search_parser(sub)

@@ -4,7 +4,7 @@
 resumes: running the command again skips what is done and continues what was interrupted.
 
 Expected cost (measured figures in docs/benchmarks/):
-* demo: 2-core CPU, about 8-10 minutes (training 12 epochs of 7,190 images, 40 candidates + 5 references).
+* demo: 2-core CPU, about 8-10 minutes (training 14 epochs of 7,190 images, 40 candidates + 5 references).
 * cifar: one GPU, a few hours (100 epochs of CIFAR-10's 50,000 images; 300 candidates scored on the GPU).
 * imagenet: 8 GPUs under torchrun, days (120 epochs at 224x224); the search is best run with Ray and a
   GPU latency table built on the target device.
@@ -59,7 +59,7 @@ class Preset:
 
 
 PRESETS = {
-    "demo": Preset("demo", "demo", "digits", epochs=12, batch_size=64, lr=2e-3, steps_per_epoch=0, trials=40,
+    "demo": Preset("demo", "demo", "digits", epochs=14, batch_size=64, lr=2e-3, steps_per_epoch=0, trials=40,
                    latency_runs=10, latency_max_seconds=0.5, device="cpu",
                    cost="about 8-10 minutes on a 2-core CPU"),
     "cifar": Preset("cifar", "cifar", None, epochs=100, batch_size=128, lr=2e-3, steps_per_epoch=0,

@@ -32,7 +32,7 @@ import mixnas.data
 import mixnas.training.batchnorm as batchnorm
 from mixnas.cli import main
 from mixnas.data import load_dataset, make_loader
-from mixnas.errors import CheckpointError
+from mixnas.errors import CheckpointError, ConfigError
 from mixnas.run_dir import RunDir
 from mixnas.search_space import SearchSpace
 from mixnas.supernet import Supernet
@@ -352,6 +352,54 @@ def test_other_space_or_settings_for_a_run_directory_are_refused(
         assert err.startswith("mixnas: error: ") and err.count("\n") == 1 and needle in err, err
     for name, data in files.items():
         assert (run_copy / name).read_bytes() == data, f"{name} was changed by a refused run"
+
+
+def test_a_few_shot_part_starts_from_its_parents_weights_and_resumes_from_its_own(
+    space: SearchSpace, space_yaml: Path, straight_run: tuple[Path, list[dict]], tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parent = load_file(straight_run[0] / WEIGHTS_FILE)
+    part = space.with_stage_mixers(0, ["dge"])
+    assert [m.type for m in part.stages[0].mixers] == ["dge"] and part.stages[1:] == space.stages[1:]
+    with pytest.raises(ConfigError, match=r"stages\[0\].mixers: 'refiner' is not offered"):
+        space.with_stage_mixers(0, ["refiner"])
+
+    # Before any step: every tensor of the part is its parent's (nothing of the other stage-1 mixers is kept).
+    run_dir = tmp_path / "part"
+    started = []
+    original = Supernet.load_state_dict
+
+    def spy(self: Supernet, state: dict, *a: Any, **k: Any) -> Any:
+        started.append({key: v.clone() for key, v in state.items()})
+        return original(self, state, *a, **k)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Supernet, "load_state_dict", spy)
+        train_supernet(part, run_dir, replace(CONFIG, epochs=1), device="cpu", progress=False,
+                       init_weights=straight_run[0])
+    assert len(started) == 1
+    own = Supernet(part).state_dict()
+    assert set(started[0]) == set(own) and len(own) < len(parent)
+    assert all(torch.equal(started[0][k], parent[k]) for k in own)
+    assert not any(k.startswith("stages.0.") and ".mixers.dwconv." in k for k in own)
+
+    # Resumed for a second epoch, the part continues from its own checkpoint, not from the parent again.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Supernet, "load_state_dict", spy)
+        train_supernet(part, run_dir, CONFIG, device="cpu", progress=False, init_weights=straight_run[0])
+    assert len(started) == 2  # the checkpoint's state, loaded by the training loop
+    assert load_checkpoint(run_dir)["epoch"] == 2
+
+    # A parent that lacks a tensor of the part is refused before anything is written.
+    with pytest.raises(CheckpointError, match="does not fit this network"):
+        train_supernet(wider(space), tmp_path / "refused", CONFIG, device="cpu", progress=False,
+                       init_weights=straight_run[0] / WEIGHTS_FILE)
+    assert not (tmp_path / "refused").exists()
+    missing = tmp_path / "nope.safetensors"
+    assert main([*cli_args(space_yaml, tmp_path / "cli"), "--init-weights", str(missing), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mixnas: error: ") and err.count("\n") == 1 and str(missing) in err, err
+    assert not (tmp_path / "cli").exists()
 
 
 # ------------------------------------------------------------------------------ BatchNorm recalibration

@@ -489,7 +489,13 @@ def write_pages(
         table, stats = ranking
         body = (f"<p>{len(table)} searched architectures trained from scratch for {int(table['epochs'].iloc[0])} "
                 f"epochs (mixnas rank-check); top-3 overlap {stats['top3_overlap']}/3, standalone accuracies span "
-                f"{stats['standalone_span']:.1f} points.</p>")
+                f"{stats['standalone_span']:.1f} points.")
+        if stats.get("seed_agreement_tau") is not None:
+            body += f" Two standalone seeds agree with each other at Kendall tau {stats['seed_agreement_tau']:.2f}."
+        if stats.get("noise_ceiling_tau") is not None:
+            body += (f" Noise ceiling: a perfect proxy would reach about tau {stats['noise_ceiling_tau']:.2f} "
+                     "against the seed-averaged accuracies.")
+        body += "</p>"
         pages.append(("ranking", PAGE_FILES["ranking"], body + _figure_html(ranking_figure(table, stats), "ranking")))
         summary.append(("ranking check", f"Kendall tau {stats['kendall_tau']:.2f} over {stats['n']} architectures"))
     nav = [("index.html", "index")] + [(f, PAGE_TITLES[k]) for k, f, _ in pages]

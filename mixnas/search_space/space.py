@@ -272,6 +272,19 @@ class SearchSpace:
         """The same space with its classifier sized for ``num_classes`` classes."""
         return replace(self, num_classes=num_classes)
 
+    def with_stage_mixers(self, stage: int, types: Sequence[str]) -> SearchSpace:
+        """The same space with stage ``stage`` (0-based) offering only the mixers ``types`` (a few-shot
+        split's sub-space: its supernet's tensors are a subset of this one's)."""
+        if not 0 <= stage < len(self.stages):
+            raise ConfigError(f"stage: {stage} is out of range; the space has {len(self.stages)} stages")
+        offered = [m.type for m in self.stages[stage].mixers]
+        unknown = [t for t in types if t not in offered]
+        if unknown or not types:
+            raise ConfigError(f"stages[{stage}].mixers: {unknown[0] if unknown else 'nothing'!r} is not offered; "
+                              f"offered: {', '.join(offered)}")
+        kept = replace(self.stages[stage], mixers=tuple(m for m in self.stages[stage].mixers if m.type in types))
+        return replace(self, stages=(*self.stages[:stage], kept, *self.stages[stage + 1:]))
+
     def validate(self) -> None:
         """Every combination of each stage's choices must be valid; raises ConfigError at the first that is not."""
         resolutions = check_geometry(self.input_size, self.patch_size, self.layout, len(self.stages), "")

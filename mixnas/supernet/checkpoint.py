@@ -49,8 +49,12 @@ def save_weights(model: nn.Module, path: str | Path, metadata: dict[str, str] | 
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
-def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load safetensors weights into ``model``; every key and shape must match."""
+def load_weights(model: nn.Module, path: str | Path, subset: bool = False) -> nn.Module:
+    """Load safetensors weights into ``model``; every key and shape must match.
+
+    With ``subset`` the file may hold more tensors than ``model`` (a supernet over a wider space: a
+    few-shot sub-supernet starts from its parent's weights); every tensor of ``model`` must still be there.
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: no such file")
@@ -58,6 +62,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
         state = load_file(p)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{p}: corrupt or not a safetensors file ({str(e)[:120]})") from None
+    if subset:
+        own = model.state_dict()
+        state = {k: v for k, v in state.items() if k in own}
     check_state_fits(model, state, p)
     model.load_state_dict(state)
     return model

@@ -32,6 +32,7 @@ from mixnas.lock import drive
 from mixnas.run_dir import RunDir, changed_setting
 from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.supernet import Supernet, budget_loss
+from mixnas.supernet.checkpoint import load_weights
 from mixnas.training._loop import DistributedContext, Schedule, StepInfo, StepResult, epoch_seed, fit
 from mixnas.training.batchnorm import subnet_accuracy
 
@@ -260,7 +261,7 @@ def resolve_num_classes(space: SearchSpace, num_classes: int, data: str, overrid
 # -------------------------------------------------------------------------------------- the trainer
 def train_supernet(
     space: SearchSpace, run_dir: str | Path, config: TrainConfig, device: str = "auto", progress: bool = True,
-    stop_after_epoch: int | None = None, num_classes: int | None = None,
+    stop_after_epoch: int | None = None, num_classes: int | None = None, init_weights: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train (or resume training) a supernet into ``run_dir``; returns the per-epoch metrics.
 
@@ -275,6 +276,10 @@ def train_supernet(
         progress: show a progress bar and a line per epoch.
         stop_after_epoch: stop once this epoch is done (tests use it to simulate an interruption).
         num_classes: override the space's class count (it must match the dataset's).
+        init_weights: a supernet weights file (or a run directory holding one) to start from instead of a
+            random initialisation: every tensor of this supernet must be in it, with the same shape (a
+            supernet over a narrower space, such as a few-shot split's, starts from its parent's). Ignored
+            once this run has a checkpoint: a resumed run continues from its own.
     """
     from mixnas.data import load_dataset, make_loader
 
@@ -290,7 +295,11 @@ def train_supernet(
     check_run_dir(run, space, config)
 
     torch.manual_seed(config.seed)
-    supernet = Supernet(space).to(dev)
+    supernet = Supernet(space)
+    if init_weights is not None and not run.checkpoint.exists():
+        source = Path(init_weights)
+        load_weights(supernet, RunDir(source).weights if source.is_dir() else source, subset=True)
+    supernet = supernet.to(dev)
     sandwich = SandwichLoss(supernet, config.label_smoothing, config.distill, config.budget_weight,
                             config.distill_min_teacher_acc)
     step_module: nn.Module = sandwich

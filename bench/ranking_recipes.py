@@ -35,6 +35,7 @@ def run_variant(args: argparse.Namespace) -> dict:
     import torch
 
     from mixnas.packaged import load_space
+    from mixnas.run_dir import RunDir
     from mixnas.search import CandidateEvaluator, EvalSettings
     from mixnas.search.ranking import load_ranking, ranking_statistics
     from mixnas.search_space import ArchConfig
@@ -56,13 +57,13 @@ def run_variant(args: argparse.Namespace) -> dict:
 
     def minutes(run_dir: Path) -> float:
         # The epochs' own times (metrics.csv), so that a resumed variant still reports its whole training.
-        return float(pd.read_csv(run_dir / "metrics.csv")["epoch_seconds"].sum()) / 60
+        return float(pd.read_csv(RunDir(run_dir).metrics)["epoch_seconds"].sum()) / 60
 
     if args.few_shot_from:
         # Few-shot split: one sub-supernet per stage-1 mixer, each starting from the shared supernet's
         # weights and trained on its own sub-space; an architecture is scored by its stage-1 mixer's.
         base = Path(args.work) / args.few_shot_from
-        if not (base / "supernet.safetensors").is_file():
+        if not RunDir(base).is_trained():
             raise SystemExit(f"{base}: no trained supernet (run the variant {args.few_shot_from!r} first)")
         space = read_space(base)
         train_min = minutes(base)

@@ -390,7 +390,7 @@ def test_a_few_shot_part_starts_from_its_parents_weights_and_resumes_from_its_ow
     assert len(started) == 2  # the checkpoint's state, loaded by the training loop
     assert load_checkpoint(run_dir)["epoch"] == 2
 
-    # A parent that lacks a tensor of the part is refused before anything is written.
+    # A parent that does not fit (another width) is refused before anything is written.
     with pytest.raises(CheckpointError, match="does not fit this network"):
         train_supernet(wider(space), tmp_path / "refused", CONFIG, device="cpu", progress=False,
                        init_weights=straight_run[0] / WEIGHTS_FILE)

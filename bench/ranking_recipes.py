@@ -11,6 +11,15 @@ smallest's and every all-X reference's accuracy and the training's wall time.
     python bench/ranking_recipes.py --reference RUN --name few --few-shot-from ep14 --epochs 2 --lr 1e-3
     python bench/ranking_recipes.py --render docs/benchmarks/ranking.md     # the table of every variant
 
+Diagnostics that are not recipe options of mixnas (``--diagnostic NAME``, patched in this process only):
+``dge-last`` (the first random architecture of each step always has DGE in its last stage),
+``rotate-smallest-balanced`` (the sandwich's smallest takes each common mixer in turn and the random
+architectures never use the first-listed mixer, which the largest trains), ``per-mixer-blocks`` (every
+mixer gets its own norms and FFNs in every block: no weight shared across mixer types inside a block).
+``--finetune-epochs E [--finetune-steps N]`` scores each architecture after fine-tuning it from its
+inherited weights, as ``mixnas search --train-epochs`` does; ``--score-only RUN`` scores an already
+trained supernet run directory instead of training one.
+
 Variants are resumable (the supernet's run directory is kept under --work) and append to a JSON file.
 """
 
@@ -30,6 +39,56 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "benchmarks" / "ranking_variants.json"
 
 
+DIAGNOSTICS = ("dge-last", "rotate-smallest-balanced", "per-mixer-blocks")
+
+
+def apply_diagnostic(name: str) -> None:
+    """Patch this process's supernet training for one of the DIAGNOSTICS (see the module docstring)."""
+    from dataclasses import replace
+
+    from torch import nn
+
+    import mixnas.supernet.backbone as backbone
+    import mixnas.training.supernet as supernet_training
+
+    sandwich = supernet_training.sandwich_archs
+
+    def never_first(space, rng):  # one mixer per stage, never the stage's first-listed one
+        return [rng.choice([m.type for m in st.mixers[1:]] or [st.mixers[0].type]) for st in space.stages]
+
+    def patched(space, rng, config, step):
+        archs = sandwich(space, rng, config, step)
+        if name == "dge-last":
+            mixers = [st.mixer.type for st in archs[2].stages[:-1]] + ["dge"]
+            archs[2] = space.sample(rng, mixers=mixers)
+        elif name == "rotate-smallest-balanced":
+            kinds = space.mixer_types()
+            archs[1] = space.smallest(kinds[step % len(kinds)])
+            archs[2:] = [space.sample(rng, mixers=never_first(space, rng)) for _ in archs[2:]]
+        return archs
+
+    if name in ("dge-last", "rotate-smallest-balanced"):
+        supernet_training.sandwich_archs = patched
+    elif name == "per-mixer-blocks":
+        shared_block = backbone.Block
+
+        class PerMixerBlock(nn.Module):
+            """One whole Block (norms, FFNs, the mixer) per mixer type: nothing shared across mixer types."""
+
+            def __init__(self, limits, eps=1e-5):
+                super().__init__()
+                self.per_mixer = nn.ModuleDict({
+                    t: shared_block(replace(limits, mixers={t: limits.mixers[t]}), eps) for t in limits.mixers
+                })
+
+            def forward(self, x, stage, block_index, drop_prob):
+                return self.per_mixer[stage.mixer.type](x, stage, block_index, drop_prob)
+
+        backbone.Block = PerMixerBlock
+    else:
+        raise SystemExit(f"--diagnostic: unknown {name!r}; known: {', '.join(DIAGNOSTICS)}")
+
+
 def run_variant(args: argparse.Namespace) -> dict:
     import pandas as pd
     import torch
@@ -42,6 +101,9 @@ def run_variant(args: argparse.Namespace) -> dict:
     from mixnas.training import TrainConfig, read_space, train_supernet
 
     torch.set_num_threads(args.threads)
+    if args.diagnostic:
+        apply_diagnostic(args.diagnostic)
+    scoring = EvalSettings(latency="none", train_epochs=args.finetune_epochs, finetune_steps=args.finetune_steps)
     if args.reference is not None:
         loaded = load_ranking(args.reference)
         if loaded is None:
@@ -73,12 +135,15 @@ def run_variant(args: argparse.Namespace) -> dict:
             train_supernet(space.with_stage_mixers(0, [mixer]), sub, config, device="cpu",
                            progress=not args.quiet, init_weights=base)
             train_min += minutes(sub)
-            evaluators[mixer] = CandidateEvaluator(sub, EvalSettings(latency="none"))
+            evaluators[mixer] = CandidateEvaluator(sub, scoring)
     else:
-        train_supernet(space, run, config, device="cpu", progress=not args.quiet)
+        if args.score_only:
+            run = args.score_only
+        else:
+            train_supernet(space, run, config, device="cpu", progress=not args.quiet)
         train_min = minutes(run)
         space = read_space(run)  # as trained (num_classes resolved)
-        evaluators = {None: CandidateEvaluator(run, EvalSettings(latency="none"))}
+        evaluators = {None: CandidateEvaluator(run, scoring)}
 
     def accuracy(arch: ArchConfig) -> float:
         evaluator = evaluators.get(arch.stages[0].mixer.type, evaluators.get(None))
@@ -96,6 +161,12 @@ def run_variant(args: argparse.Namespace) -> dict:
     settings = {k: v for k, v in asdict(config).items() if k in overrides or k == "epochs"}
     if args.few_shot_from:
         settings = {"few_shot_from": args.few_shot_from, **settings}
+    if args.diagnostic:
+        settings = {"diagnostic": args.diagnostic, **settings}
+    if args.finetune_epochs:
+        settings = {**settings, "finetune_epochs": args.finetune_epochs, "finetune_steps": args.finetune_steps}
+    if args.score_only:
+        settings = {"score_only": str(args.score_only), **settings}
     row = {
         "name": args.name, "config": settings, "train_minutes": round(train_min, 2),
         **{k: stats[k] for k in ("kendall_tau", "kendall_tau_90", "spearman_rho", "top3_overlap", "regret")},
@@ -160,6 +231,11 @@ def main() -> int:
     p.add_argument("--note", default="")
     p.add_argument("--few-shot-from", default=None, metavar="VARIANT",
                    help="split this variant's supernet by stage-1 mixer; the training flags apply to each part")
+    p.add_argument("--diagnostic", choices=DIAGNOSTICS, default=None, help="a patched training (module docstring)")
+    p.add_argument("--finetune-epochs", type=int, default=0, help="score after fine-tuning each architecture")
+    p.add_argument("--finetune-steps", type=int, default=0, help="cap on fine-tuning steps per epoch (0: all)")
+    p.add_argument("--score-only", type=Path, default=None, metavar="RUN",
+                   help="score this trained supernet run directory instead of training one")
     p.add_argument("--quiet", action="store_true")
     for f in fields(TrainConfig):
         if f.name == "data":

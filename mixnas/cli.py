@@ -138,7 +138,7 @@ def standalone_config_from_args(args: argparse.Namespace):
     return StandaloneConfig(
         data=args.data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
-        seed=args.seed, steps_per_epoch=args.steps_per_epoch, workers=args.workers,
+        seed=args.seed, data_seed=args.data_seed, steps_per_epoch=args.steps_per_epoch, workers=args.workers,
         init_weights=args.init_weights,
     )
 
@@ -168,6 +168,8 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     add_training_arguments(p, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr)
     p.add_argument("--init-weights", default=None, metavar="FILE",
                    help="start from these weights (a .safetensors of mixnas export --weights for this ARCH)")
+    p.add_argument("--data-seed", type=int, default=d.data_seed,
+                   help="fixes the dataset (digits: its renders and train/val split); --seed leaves it alone")
     p.set_defaults(func=cmd_train)
 
 

@@ -60,6 +60,19 @@ def test_statistics_on_constructed_tables() -> None:
     assert by_family == {"a": pytest.approx(-1.0)}  # "b" has one member: no tau of its own
 
 
+def test_the_cost_baseline_ranks_by_gflops_alone() -> None:
+    """cost_tau is Kendall tau between GFLOPs and the standalone accuracies, whatever the supernet says."""
+    standalone = [60, 70, 80, 90, 95]
+    stats = ranking_statistics([5, 4, 3, 2, 1], standalone, cost=[0.1, 0.2, 0.3, 0.5, 0.4])
+    assert stats["kendall_tau"] == pytest.approx(-1.0)
+    assert stats["cost_tau"] == pytest.approx(0.8)  # one swapped pair out of ten
+    assert "cost_tau" not in ranking_statistics([1, 2, 3], [1, 2, 3])  # no cost given: no baseline
+    with pytest.raises(ValueError, match="one value per architecture"):
+        ranking_statistics([1, 2, 3], [1, 2, 3], cost=[1, 2])
+    text = ranking_module.format_summary(stats)
+    assert "ranking by GFLOPs alone reaches tau 0.800 (the supernet does not beat it)" in text
+
+
 def test_seed_agreement_is_the_mean_tau_over_pairs_of_seeds() -> None:
     assert seed_agreement([[1, 2, 3, 4, 5]]) is None  # one seed: nothing to agree with
     assert seed_agreement([[1, 2, 3, 4, 5], [10, 20, 30, 50, 40]]) == pytest.approx(0.8)  # one swapped pair
@@ -121,6 +134,31 @@ def test_picks_cover_every_mixer_include_the_best_and_spread() -> None:
     assert list(picks["accuracy"]) == sorted(picks["accuracy"], reverse=True)
 
 
+def test_picks_reach_the_bottom_of_the_range_after_the_mandatory_ones() -> None:
+    """The picks that cover mixers and the best one take their own places in the range; the rest spread down
+    to the least accurate architecture instead of crowding the top (where the first targets lie)."""
+    rows = [("window_attn", 90.0 - i, True) for i in range(20)] + [("dge", 88.5, True)]
+    picks = pick_architectures(fake_table(rows), 6)
+    accuracy = sorted(picks["accuracy"], reverse=True)
+    assert accuracy[0] == 90.0 and accuracy[-1] == 71.0  # the best and the worst
+    assert 88.5 in accuracy  # dge's only user, picked for coverage
+    gaps = np.diff(accuracy)
+    assert max(-gaps) <= 2 * (90.0 - 71.0) / 5  # no stretch of the range left without picks
+
+
+def test_every_seed_trains_on_the_supernets_dataset() -> None:
+    """Seeds change the training only: each job trains on the supernet's data split (its data seed), so
+    seed-to-seed differences and the comparison with the supernet are measured on the same images."""
+    from mixnas.run_dir import RunDir
+
+    picks = pick_architectures(fake_table([("window_attn", 90.0 - i, True) for i in range(3)]), 3)
+    jobs = ranking_module._jobs(RunDir("run"), picks, RankSettings(seeds=2, epochs=4), "digits", 7)
+    assert len(jobs) == 6 and len({str(out) for *_, out in jobs}) == 6
+    assert sorted(seed for _, seed, *_ in jobs) == [0, 0, 0, 1, 1, 1]
+    assert all(config["seed"] == seed and config["data_seed"] == 7 and config["epochs"] == 4
+               for _, seed, _, config, _ in jobs)
+
+
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def searched(trained_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -167,6 +205,8 @@ def test_rank_check_end_to_end_resumes_and_draws_its_page(searched: Path, tmp_pa
     assert table["standalone_accuracy"].between(0, 100).all() and (table["epochs"] == 1).all()
     assert summary["kendall_tau"] == pytest.approx(stats["kendall_tau"], nan_ok=True)
     assert summary["seed_agreement_tau"] is None and summary["noise_ceiling_tau"] is None  # QUICK: one seed
+    assert summary["cost_tau"] == pytest.approx(ranking_statistics(
+        table["supernet_accuracy"], table["standalone_accuracy"], cost=table["gflops"])["cost_tau"], nan_ok=True)
     assert json.loads((run / "ranking" / "summary.json").read_text())["n"] == 3
     # The results page.
     assert main(["results", str(run), "--objectives", "accuracy,flops"]) == 0
@@ -178,9 +218,10 @@ def test_rank_check_end_to_end_resumes_and_draws_its_page(searched: Path, tmp_pa
     from mixnas.trials import load_trials
 
     write_pages(load_trials(run), tmp_path / "pages2", ["accuracy", "gflops"],
-                ranking=(table, {**summary, "seed_agreement_tau": 0.61, "noise_ceiling_tau": 0.83}))
+                ranking=(table, {**summary, "seed_agreement_tau": 0.61, "noise_ceiling_tau": 0.83, "cost_tau": 0.79}))
     page = (tmp_path / "pages2" / "ranking.html").read_text()
     assert "agree with each other at Kendall tau 0.61" in page and "about tau 0.83" in page
+    assert "GFLOPs alone reaches Kendall tau 0.79" in page
 
 
 def test_rank_check_refuses_an_unsearched_run(trained_run, tmp_path: Path,

@@ -294,3 +294,26 @@ def test_mixnas_train_reports_refusals_as_one_line(
     assert main(cli_args(seven, tmp_path / "run") + ["--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("mixnas: error: num_classes:") and "\n" not in err
+
+
+# ---------------------------------------------------------------------------------------------- seeds
+def test_the_training_seed_leaves_the_dataset_alone_and_data_seed_picks_it(
+    dw_yaml: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two trainings that differ only in --seed are measured on the same held-out images: the dataset (for
+    digits, its renders and train/val split) follows --data-seed, not --seed."""
+    asked: list[int] = []
+    original = mixnas.data.load_dataset
+
+    def spied(spec: str, input_size: int, seed: int = 0, augment: bool = True) -> Any:
+        asked.append(seed)
+        return original(spec, input_size, seed=seed, augment=augment)
+
+    monkeypatch.setattr(mixnas.data, "load_dataset", spied)
+    quick = replace(CONFIG, epochs=1, steps_per_epoch=1)
+    train_architecture(DW, tmp_path / "a", replace(quick, seed=3), device="cpu", progress=False)
+    assert asked == [0]
+    assert run_parsed(cli_args(dw_yaml, tmp_path / "b", replace(quick, seed=3)) + ["--data-seed", "2", "--quiet"]) == 0
+    assert asked == [0, 2]
+    stored = json.loads((tmp_path / "b" / CONFIG_FILE).read_text())
+    assert stored["seed"] == 3 and stored["data_seed"] == 2

@@ -490,6 +490,8 @@ def write_pages(
         body = (f"<p>{len(table)} searched architectures trained from scratch for {int(table['epochs'].iloc[0])} "
                 f"epochs (mixnas rank-check); top-3 overlap {stats['top3_overlap']}/3, standalone accuracies span "
                 f"{stats['standalone_span']:.1f} points.")
+        if stats.get("cost_tau") is not None and math.isfinite(stats["cost_tau"]):
+            body += f" Ranking by GFLOPs alone reaches Kendall tau {stats['cost_tau']:.2f} (the cost baseline)."
         if stats.get("seed_agreement_tau") is not None:
             body += f" Two standalone seeds agree with each other at Kendall tau {stats['seed_agreement_tau']:.2f}."
         if stats.get("noise_ceiling_tau") is not None:

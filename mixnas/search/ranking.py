@@ -8,7 +8,10 @@ the accuracy it reaches alone:
 * Kendall's tau and Spearman's rho, with bootstrap 90% intervals (pairs resampled 2,000 times, seeded);
 * the top-3 overlap: how many of the supernet's three best are among the three best trained alone;
 * the regret: the best standalone accuracy minus the standalone accuracy of the supernet's favourite;
-* tau within each mixer family (architectures sharing a stage-1 mixer) with at least 4 members.
+* tau within each mixer family (architectures sharing a stage-1 mixer) with at least 4 members;
+* the cost baseline: Kendall tau of GFLOPs alone against the standalone accuracies. Within a search space
+  bigger networks tend to be more accurate, so ranking by cost is the trivial proxy a supernet must beat
+  to tell users something they could not read off the FLOPs column.
 
 The picks are stratified over the supernet's accuracy range, cover every mixer the searched table
 contains (in any stage), and always include the most accurate feasible architecture (the accurate end of
@@ -99,11 +102,14 @@ def pick_architectures(table: pd.DataFrame, k: int) -> pd.DataFrame:
             continue
         users = [i for i in pool.index if mixer in mixers_of(pool.loc[i, "arch"])]
         picked.append(int(users[len(users) // 2]))  # a middling one: the extremes come next
-    # The rest spread evenly over the accuracy range: the closest to each of k evenly spaced targets.
+    # The rest spread evenly over the accuracy range, bottom included: k evenly spaced targets from the
+    # best to the worst, each pick so far taking the target nearest its accuracy, the closest free
+    # architecture to each target left over.
     lo, hi = float(pool["accuracy"].min()), float(pool["accuracy"].max())
-    for target in np.linspace(hi, lo, k):
-        if len(picked) >= k:
-            break
+    targets = list(np.linspace(hi, lo, k))
+    for i in picked:
+        targets.pop(int(np.argmin([abs(t - float(pool.loc[i, "accuracy"])) for t in targets])))
+    for target in targets:
         free = pool.drop(index=picked)
         if free.empty:
             break
@@ -146,9 +152,10 @@ def bootstrap_interval(stat: Callable[[np.ndarray, np.ndarray], float], a: np.nd
 
 
 def ranking_statistics(supernet: Sequence[float], standalone: Sequence[float], families: Sequence[str] = (),
-                       seed: int = 0) -> dict[str, Any]:
+                       seed: int = 0, cost: Sequence[float] | None = None) -> dict[str, Any]:
     """Kendall tau, Spearman rho (each with a bootstrap 90% interval), top-3 overlap, regret and tau per
-    family (>= 4 members) of paired accuracies (%)."""
+    family (>= 4 members) of paired accuracies (%); with ``cost`` (GFLOPs of each architecture), also
+    ``cost_tau``: how well ranking by cost alone agrees with the standalone accuracies."""
     a, b = np.asarray(supernet, float), np.asarray(standalone, float)
     if len(a) != len(b) or len(a) < 2:
         raise ValueError("ranking statistics need at least two paired accuracies")
@@ -170,6 +177,11 @@ def ranking_statistics(supernet: Sequence[float], standalone: Sequence[float], f
         if len(idx) >= 4:
             per_family[family] = _kendall(a[idx], b[idx])
     out["kendall_tau_by_family"] = per_family
+    if cost is not None:
+        c = np.asarray(cost, float)
+        if len(c) != len(b):
+            raise ValueError("cost needs one value per architecture")
+        out["cost_tau"] = _kendall(c, b)
     return out
 
 
@@ -223,9 +235,11 @@ def _train(arch_dict: dict, out_dir: str, config: dict, device: str) -> float:
 Job = tuple[str, int, dict, dict, Path]  # arch_id, seed, architecture (dict), StandaloneConfig (dict), out dir
 
 
-def _jobs(run: RunDir, picks: pd.DataFrame, settings: RankSettings, data: str) -> list[Job]:
+def _jobs(run: RunDir, picks: pd.DataFrame, settings: RankSettings, data: str, data_seed: int) -> list[Job]:
+    # Every training uses the supernet's dataset (its digits renders and split): seeds change the training
+    # only, so seed-to-seed differences and the comparison with the supernet are measured on the same images.
     base = StandaloneConfig(data=data, epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                            steps_per_epoch=settings.steps_per_epoch)
+                            steps_per_epoch=settings.steps_per_epoch, data_seed=data_seed)
     jobs = []
     for _, row in picks.iterrows():
         arch = json.loads(row["arch"])
@@ -250,8 +264,9 @@ def rank_check(run_dir: str | Path, settings: RankSettings | None = None, progre
     with drive(run.path, "rank-check"):
         table = load_trials(run.path)
         picks = pick_architectures(table, settings.archs)
-        data = read_config(run).data
-        jobs = _jobs(run, picks, settings, data)
+        supernet_config = read_config(run)
+        data = supernet_config.data
+        jobs = _jobs(run, picks, settings, data, supernet_config.seed)
         say = print if progress else (lambda *a, **k: None)
         say(f"rank-check: {len(picks)} architectures x {settings.seeds} seed(s), {settings.epochs} epochs each, "
             f"on {data} ({settings.backend}); trainings in {run.ranking_dir}")
@@ -268,7 +283,7 @@ def rank_check(run_dir: str | Path, settings: RankSettings | None = None, progre
             })
         ranking = pd.DataFrame(rows)
         stats = ranking_statistics(ranking["supernet_accuracy"], ranking["standalone_accuracy"],
-                                   list(ranking["stage1_mixer"]))
+                                   list(ranking["stage1_mixer"]), cost=ranking["gflops"])
         per_seed_table = [ranking[f"standalone_accuracy_seed{s}"] for s in range(settings.seeds)]
         stats["seed_agreement_tau"] = seed_agreement(per_seed_table)
         stats["noise_ceiling_tau"] = noise_ceiling(per_seed_table)
@@ -330,6 +345,9 @@ def format_summary(stats: dict[str, Any]) -> str:
         f"top-3 overlap {stats['top3_overlap']}/3, regret {stats['regret']:.2f} points "
         f"(standalone accuracies span {stats['standalone_span']:.1f} points, supernet's {stats['supernet_span']:.1f})",
     ]
+    if stats.get("cost_tau") is not None and math.isfinite(stats["cost_tau"]):
+        lines.append(f"cost baseline: ranking by GFLOPs alone reaches tau {stats['cost_tau']:.3f} "
+                     f"(the supernet {'beats' if stats['kendall_tau'] > stats['cost_tau'] else 'does not beat'} it)")
     if stats.get("seed_agreement_tau") is not None:
         lines.append(f"standalone seeds agree with each other at Kendall tau {stats['seed_agreement_tau']:.3f}")
     if stats.get("noise_ceiling_tau") is not None:

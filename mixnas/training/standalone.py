@@ -49,7 +49,11 @@ class StandaloneConfig:
         warmup_epochs: linear warm-up before the cosine decay (rounded up to whole epochs).
         label_smoothing: of the cross-entropy (0 for plain cross-entropy).
         clip_grad: gradient-norm clip (0 disables).
-        seed: seeds the initial weights and every random choice of the run.
+        seed: seeds the initial weights and every random choice of the run (data order, augmentation,
+            drop-path, DGE's Gumbel noise).
+        data_seed: fixes the dataset itself: for ``digits`` its renders and its train / val split (files on
+            disk do not depend on it). Kept apart from ``seed`` so that trainings differing only in seed
+            are measured on the same held-out images; ``mixnas rank-check`` passes the supernet's.
         steps_per_epoch: cap on steps per epoch (0 = a full pass over the training set).
         workers: DataLoader worker processes.
         init_weights: safetensors of ``build_model(arch)`` (``mixnas export --weights``) to start from,
@@ -65,6 +69,7 @@ class StandaloneConfig:
     label_smoothing: float = 0.1
     clip_grad: float = 5.0
     seed: int = 0
+    data_seed: int = 0
     steps_per_epoch: int = 0
     workers: int = 0
     init_weights: str | None = None
@@ -163,7 +168,7 @@ def train_architecture(
     arch.validate()
     dev = resolve_device(device)
     check_out_dir(run.path, arch, config)
-    bundle = load_dataset(config.data, arch.input_size, seed=config.seed)
+    bundle = load_dataset(config.data, arch.input_size, seed=config.data_seed)
     if bundle.num_classes != arch.num_classes:
         raise ConfigError(
             f"num_classes: the architecture has {arch.num_classes} classes but {config.data} has "

@@ -46,7 +46,7 @@ from mixnas.training import (
     subnet_accuracy,
     train_supernet,
 )
-from mixnas.training.supernet import METRIC_COLUMNS
+from mixnas.training.supernet import METRIC_COLUMNS, distributed_session
 
 CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE = RunDir.CHECKPOINT, RunDir.TRAIN_CONFIG, RunDir.METRICS
 SPACE_FILE, WEIGHTS_FILE = RunDir.SPACE, RunDir.SUPERNET_WEIGHTS
@@ -490,6 +490,35 @@ def test_subnet_accuracy_recalibrates_the_extracted_model(
 
 
 # ----------------------------------------------------------------------------------------- distributed
+def test_the_distributed_session_destroys_the_group_it_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gloo group left to the interpreter's exit can abort a finished run (SIGABRT); the session ends it."""
+    import torch.distributed as dist
+
+    store = str(tmp_path / "store")
+    real_init = dist.init_process_group
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: real_init(
+        backend, init_method=f"file://{store}", rank=0, world_size=1))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun; the group itself has one member here
+    cpu = torch.device("cpu")
+    with distributed_session(cpu) as ctx:
+        assert dist.is_initialized() and ctx.world_size == 1 and ctx.is_main
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="boom"), distributed_session(cpu):
+        raise RuntimeError("boom")
+    assert not dist.is_initialized()  # also when training fails
+
+    real_init("gloo", init_method=f"file://{store}-outer", rank=0, world_size=1)
+    try:
+        with distributed_session(cpu):
+            pass
+        assert dist.is_initialized()  # a group the caller made is the caller's to end
+    finally:
+        dist.destroy_process_group()
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with distributed_session(cpu) as ctx:
+        assert ctx.world_size == 1 and not dist.is_initialized()
+
+
 @pytest.mark.slow
 def test_torchrun_trains_with_ddp_on_two_cpu_processes(space_yaml: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "ddp"

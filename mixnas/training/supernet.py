@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,22 @@ def init_distributed(device: torch.device) -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistributedContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+@contextlib.contextmanager
+def distributed_session(device: torch.device) -> Iterator[DistributedContext]:
+    """``init_distributed`` for the span of a ``with``; a process group it created is destroyed on the way out.
+
+    A gloo group left for the interpreter's finalisation can abort the process (SIGABRT, "terminate called
+    without an active exception") after training has finished: its worker threads outlive Python.
+    """
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    ctx = init_distributed(device)
+    try:
+        yield ctx
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def parameter_checksum(model: nn.Module) -> float:
@@ -281,11 +298,19 @@ def train_supernet(
             supernet over a narrower space, such as a few-shot split's, starts from its parent's). Ignored
             once this run has a checkpoint: a resumed run continues from its own.
     """
+    dev = resolve_device(device)
+    with distributed_session(dev) as ctx:
+        return _train_supernet(ctx, dev, space, run_dir, config, progress, stop_after_epoch, num_classes,
+                               init_weights)
+
+
+def _train_supernet(
+    ctx: DistributedContext, dev: torch.device, space: SearchSpace, run_dir: str | Path, config: TrainConfig,
+    progress: bool, stop_after_epoch: int | None, num_classes: int | None, init_weights: str | Path | None,
+) -> list[dict[str, Any]]:
     from mixnas.data import load_dataset, make_loader
 
     run = RunDir(run_dir)
-    dev = resolve_device(device)
-    ctx = init_distributed(dev)
     if dev.type == "cuda" and ctx.world_size > 1:
         dev = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(dev)
@@ -354,6 +379,6 @@ def train_supernet(
 
 
 __all__ = [
-    "METRIC_COLUMNS", "SandwichLoss", "TrainConfig", "check_run_dir", "init_distributed", "prepare_run_dir",
-    "read_config", "read_space", "resolve_num_classes", "sandwich_archs", "train_supernet",
+    "METRIC_COLUMNS", "SandwichLoss", "TrainConfig", "check_run_dir", "distributed_session", "init_distributed",
+    "prepare_run_dir", "read_config", "read_space", "resolve_num_classes", "sandwich_archs", "train_supernet",
 ]

@@ -32,6 +32,7 @@ from ray.tune.search.concurrency_limiter import ConcurrencyLimiter
 
 import mixnas.search.ray_runner as ray_runner
 from mixnas import ArchConfig, SearchSpace
+from mixnas.errors import CheckpointError
 from mixnas.results import load_trials
 from mixnas.run_dir import RunDir
 from mixnas.search import Limits
@@ -370,3 +371,46 @@ def test_the_ray_searcher_never_hands_out_an_architecture_twice() -> None:
     for t in done:
         n = t.user_attrs["duplicate_of"]
         assert t.values[0] == 50.0 + n + 1
+
+
+@pytest.mark.slow
+def test_a_trial_that_tune_gives_up_for_a_dead_worker_runs_again(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node dying with a trial queued on its reused actor can make Tune give that trial up (two failures
+    before it restarts); the search restores the experiment and runs it again instead of recording a FAIL.
+    Here Tune gives up at the first death (max_failures 0) and the worker of trial 1 dies once."""
+    run = tmp_path / "ray"
+    shutil.copytree(trained, run)
+    died = tmp_path / "died"
+    real = evaluate_candidate
+
+    def dying(config: dict[str, Any], run_dir: str, evaluation: EvalSettings, objectives: tuple[str, ...],
+              limits: Limits) -> None:
+        if config["number"] == 1 and not died.exists():
+            died.write_text("1")
+            os._exit(1)  # the worker process dies: Ray reports the actor dead, not a candidate's failure
+        real(config, run_dir, evaluation, objectives, limits)
+
+    monkeypatch.setattr(ray_runner, "evaluate_candidate", dying)
+    monkeypatch.setattr(ray_runner, "TRIAL_MAX_FAILURES", 0)
+    settings = SearchSettings(trials=4, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
+    table = run_ray_search(run, settings, FAST, RaySettings(max_concurrent=2), progress=False)
+
+    assert died.exists()  # the worker did die
+    assert list(table["state"]) == ["COMPLETE"] * 4, table[["number", "state", "failure_reason"]]
+    assert list(table["number"]) == [0, 1, 2, 3] and table["arch_id"].is_unique
+    assert len(list((run / "search" / "ray").glob("trial_*"))) == 4  # run again, not a fifth trial
+    assert list(load_trials(run)["state"]) == ["COMPLETE"] * 4
+
+
+def test_only_a_dead_worker_or_node_counts_as_lost() -> None:
+    from ray import exceptions
+
+    assert ray_runner.lost_worker(exceptions.ActorUnavailableError("socket closed", b"\0" * 16))
+    assert ray_runner.lost_worker(exceptions.ActorDiedError())
+    assert ray_runner.lost_worker(exceptions.NodeDiedError("node gone"))
+    assert not ray_runner.lost_worker(ValueError("a candidate's own error"))
+    task_error = exceptions.RayTaskError("evaluate_candidate", "Traceback ...", CheckpointError("missing"))
+    assert not ray_runner.lost_worker(task_error)
+    assert not ray_runner.lost_worker(task_error.as_instanceof_cause())

@@ -16,7 +16,9 @@ Storage and resuming: the experiment lives in ``RUN_DIR/search/ray`` (keep the r
 shared storage for a multi-node cluster; the evaluators' result cache sits beside it in
 ``RUN_DIR/search/cache``). Running the command again restores the experiment with ``Tuner.restore``:
 finished trials are kept, trials that were running when the driver stopped (or whose worker died) run
-again under the same number, and new trials are created until ``trials`` trials exist in all, so
+again under the same number (Tune retries a trial whose worker dies; one it gives up on, as when a node
+dies with a trial queued on its reused actor, is run again by restoring the experiment at once, up to
+``LOST_TRIAL_ROUNDS`` times), and new trials are created until ``trials`` trials exist in all, so
 asking for more trials continues a finished search and asking for as many evaluates nothing new.
 
 Ray quirk (2.60): ``Tuner.restore`` brings back the first run's ``TuneConfig``, ``num_samples`` and the
@@ -71,6 +73,10 @@ EXPERIMENT_NAME = RunDir.RAY
 SETTINGS_FILE = RunDir.RAY_SETTINGS
 RUN_KEY = "mixnas_run"
 FAILED = "failed"
+# Tune runs a trial again this many times when its worker or node dies (FailureConfig.max_failures).
+TRIAL_MAX_FAILURES = 3
+# How many times run_ray_search restores the experiment to run trials Tune gave up on for a dead worker.
+LOST_TRIAL_ROUNDS = 3
 CONSTRAINT_PREFIX = "constraint."  # one result key per limit: "constraint.max_gflops" (flat, as Tune keeps it)
 LOOPBACK = "127.0.0.1"
 _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -608,6 +614,47 @@ def results_table(results: Any, limits: Limits) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=TRIAL_COLUMNS)
 
 
+def lost_worker(error: BaseException) -> bool:
+    """Whether a trial failed because its worker process or node died, not because its candidate did.
+
+    A failing candidate is reported, never raised (``evaluate_candidate``); an exception raised in the
+    trainable arrives as a ``RayTaskError`` and is not the infrastructure's.
+    """
+    from ray import exceptions
+
+    infrastructure = (exceptions.RayActorError, exceptions.NodeDiedError, exceptions.WorkerCrashedError,
+                      exceptions.LocalRayletDiedError, exceptions.ObjectLostError)
+    return isinstance(error, infrastructure) and not isinstance(error, exceptions.RayTaskError)
+
+
+def _fit(
+    trainable: Any, run: dict[str, Any], space: SearchSpace, settings: SearchSettings, ray_settings: RaySettings,
+    experiment: Path, storage: Path, progress: bool,
+) -> Any:
+    """Create the experiment or restore it (errored trials run again), and run it to its trial budget."""
+    if tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True, param_space=run)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=run,
+            tune_config=tune.TuneConfig(
+                search_alg=make_search(space, settings, ray_settings, progress), num_samples=settings.trials,
+                reuse_actors=True, trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=EXPERIMENT_NAME, storage_path=str(storage), verbose=0,
+                # A trial whose worker or node dies runs again (elsewhere); a failing candidate
+                # reports its failure instead of raising, so it is not retried.
+                failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
+            ),
+        )
+        atomic_write_text(experiment / SETTINGS_FILE, json.dumps({"objectives": list(settings.objectives)}))
+    with _quiet_tune():
+        results = tuner.fit()
+    return results
+
+
 def run_ray_search(
     run_dir: str | Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
     progress: bool = True,
@@ -653,26 +700,20 @@ def _run_ray_search(
         trainable = make_trainable(run_dir, settings, evaluation, ray_settings)
         run = {RUN_KEY: {"trials": settings.trials, "progress": progress,
                          "max_concurrent": ray_settings.max_concurrent}}
-        if tune.Tuner.can_restore(str(experiment)):
-            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True, param_space=run)
-        else:
-            tuner = tune.Tuner(
-                trainable,
-                param_space=run,
-                tune_config=tune.TuneConfig(
-                    search_alg=make_search(space, settings, ray_settings, progress), num_samples=settings.trials,
-                    reuse_actors=True, trial_dirname_creator=trial_dirname,
-                ),
-                run_config=tune.RunConfig(
-                    name=EXPERIMENT_NAME, storage_path=str(storage), verbose=0,
-                    # A trial whose worker or node dies runs again (elsewhere); a failing candidate
-                    # reports its failure instead of raising, so it is not retried.
-                    failure_config=tune.FailureConfig(max_failures=3),
-                ),
-            )
-            atomic_write_text(experiment / SETTINGS_FILE, json.dumps({"objectives": list(settings.objectives)}))
-        with _quiet_tune():
-            results = tuner.fit()
+        results = _fit(trainable, run, space, settings, ray_settings, experiment, storage, progress)
+        for _ in range(LOST_TRIAL_ROUNDS):
+            lost = sum(1 for r in results if r.error is not None and lost_worker(r.error))
+            interrupted = any(r.error is None and FAILED not in (r.metrics or {}) for r in results)
+            if not lost or interrupted:
+                break
+            # Tune gives a trial up when its worker dies twice before it restarts (a node taken down
+            # with a trial queued on its reused actor); restoring runs exactly the errored trials again.
+            message = f"search: {lost} trial(s) lost their worker or node; running them again"
+            if progress:
+                print(message)
+            else:
+                logging.getLogger(__name__).warning(message)
+            results = _fit(trainable, run, space, settings, ray_settings, experiment, storage, progress)
     finally:
         if started:
             stop_ray()

@@ -120,12 +120,12 @@ def distributed_session(device: torch.device) -> Iterator[DistributedContext]:
     A gloo group left for the interpreter's finalisation can abort the process (SIGABRT, "terminate called
     without an active exception") after training has finished: its worker threads outlive Python.
     """
-    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    already = dist.is_initialized()
     ctx = init_distributed(device)
     try:
         yield ctx
     finally:
-        if created and dist.is_initialized():
+        if not already and dist.is_initialized():
             dist.destroy_process_group()
 
 

@@ -196,7 +196,7 @@ def search_settings_from_args(args: argparse.Namespace):
         raise UsageError(f"--objectives: {e}") from None
     limits = Limits(args.max_gflops, args.max_params, args.max_latency_ms)
     return SearchSettings(trials=args.trials, objectives=objectives, sampler=args.sampler, limits=limits,
-                          seed=args.seed, references=not args.no_references)
+                          seed=args.seed, references=not args.no_references, warm_start=not args.no_warm_start)
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -237,7 +237,10 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trials", type=positive_int, required=True, help="finished trials to reach")
     p.add_argument("--objectives", default="accuracy,flops,latency",
                    help="comma-separated: accuracy (max), flops, params, latency (min)")
-    p.add_argument("--sampler", choices=["nsga2", "tpe", "random", "gp"], default="nsga2", help="Optuna sampler")
+    p.add_argument("--sampler", choices=["guided", "nsga2", "tpe", "random", "gp"], default="guided",
+                   help="guided: evolution screened by an accuracy predictor (the default); or an Optuna sampler")
+    p.add_argument("--no-warm-start", action="store_true",
+                   help="do not seed the first trials with the space's extremes and each mixer's largest network")
     p.add_argument("--max-gflops", type=positive_float, default=None, help="constraint: GFLOPs at batch 1")
     p.add_argument("--max-params", type=positive_float, default=None, help="constraint: parameter count")
     p.add_argument("--max-latency-ms", type=positive_float, default=None, help="constraint: median latency (ms)")
@@ -274,10 +277,10 @@ def _objectives(text: str) -> list[str]:
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from mixnas.results import load_trials, pareto_records, pareto_table, write_pages
+    from mixnas.results import load_trials, pareto_records, pareto_table
+    from mixnas.results.run_pages import write_run_pages
 
     objectives = _objectives(args.objectives)
-    from mixnas.search.ranking import load_ranking
 
     table = load_trials(args.run_dir)
     if "latency" in objectives and not table["latency_ms"].notna().any():
@@ -286,8 +289,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(json.dumps(pareto_records(table, objectives), indent=2))
     else:
         print(pareto_table(table, objectives))
-    index = write_pages(table, args.out or args.run_dir / "pages", objectives, title=f"mixnas: {args.run_dir}",
-                        ranking=load_ranking(args.run_dir))
+    index = write_run_pages(args.run_dir, table, objectives, out=args.out)
     print(f"Pareto pages: {index}", file=sys.stderr if args.json else sys.stdout)
     return 0
 

@@ -4,7 +4,8 @@
 resumes: running the command again skips what is done and continues what was interrupted.
 
 Expected cost (measured figures in docs/benchmarks/):
-* demo: 2-core CPU, about 8-10 minutes (training 14 epochs of 7,190 images, 40 candidates + 5 references).
+* demo: 2-core CPU, about 8-10 minutes (training 14 epochs of 7,190 images, 40 candidates (the guided
+  search, warm-started), 5 references, and 40 random samples as the hypervolume page's baseline).
 * cifar: one GPU, a few hours (100 epochs of CIFAR-10's 50,000 images; 300 candidates scored on the GPU).
 * imagenet: 8 GPUs under torchrun, days (120 epochs at 224x224); the search is best run with Ray and a
   GPU latency table built on the target device.
@@ -86,10 +87,11 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
                epochs: int | None = None) -> dict[str, Path]:
     """Train, search, write the pages and export the front; returns the paths a user looks at next."""
     from mixnas.lock import drive
-    from mixnas.results import export_architectures, pareto_table, write_pages
+    from mixnas.results import export_architectures, pareto_table
+    from mixnas.results.run_pages import write_run_pages
     from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings
+    from mixnas.search.baseline import random_baseline
     from mixnas.search.optuna_runner import run_optuna_search
-    from mixnas.search.ranking import load_ranking
     from mixnas.search_space import SearchSpace
     from mixnas.training import TrainConfig, train_supernet
     from mixnas.trials import load_trials, parse_objectives
@@ -110,11 +112,13 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
                               flops_images=preset.flops_images)
     with drive(out, f"mixnas run --preset {preset.name}"):  # search, pages and export under one lock
         evaluator = CandidateEvaluator(out, evaluation)
-        run_optuna_search(out, SearchSettings(trials=n, objectives=objectives), evaluator, progress=progress)
+        settings = SearchSettings(trials=n, objectives=objectives)
+        run_optuna_search(out, settings, evaluator, progress=progress)
+        # The same number of uniform samples on the same supernet: the hypervolume page's baseline.
+        random_baseline(out, evaluator, n, list(objectives), settings.limits, seed=settings.seed, progress=progress)
         say("[3/4] results")
         table = load_trials(out)
-        index = write_pages(table, out / "pages", list(objectives), title=f"mixnas {preset.name}: {out.name}",
-                            ranking=load_ranking(out))
+        index = write_run_pages(out, table, list(objectives), title=f"mixnas {preset.name}: {out.name}")
         say(pareto_table(table, list(objectives)))
         say("[4/4] export of the Pareto front")
         exported = export_architectures(out, out / "exported", pareto=True, objectives=objectives,

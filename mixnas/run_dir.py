@@ -8,7 +8,8 @@ A supernet run directory (``mixnas supernet train --out``) holds::
     supernet.safetensors  the weights alone, for search and export
     metrics.csv           one row per finished epoch
     search/               journal.log (the Optuna study), eval_settings.json, cache/ (one JSON per scored
-                          architecture), ray/ (the Ray Tune experiment)
+                          architecture), cost_table.json (FLOPs and parameters per component of the
+                          space), ray/ (the Ray Tune experiment)
     trials.parquet, trials.csv    the trial table
     pages/, exported/, ranking/   results pages, exported architectures, rank-check trainings
     .mixnas.lock          held by the process driving the directory (``mixnas.lock``)
@@ -61,6 +62,7 @@ class RunDir:
     JOURNAL = "journal.log"
     EVAL_SETTINGS = "eval_settings.json"
     CACHE = "cache"
+    COST_TABLE = "cost_table.json"
     RAY = "ray"
     RAY_SETTINGS = "mixnas_search.json"
     TRIALS_PARQUET = "trials.parquet"
@@ -127,6 +129,11 @@ class RunDir:
     @property
     def cache_dir(self) -> Path:
         return self.search_dir / self.CACHE
+
+    @property
+    def cost_table(self) -> Path:
+        """FLOPs and parameters of every component of the space (``mixnas.search.cost_table``)."""
+        return self.search_dir / self.COST_TABLE
 
     @property
     def ray_dir(self) -> Path:

@@ -21,6 +21,8 @@ params             int      parameters (float with NaN only when some trial fail
 latency_ms         float    median latency in ms; NaN when latency was not measured
 latency_p90_ms     float    90th percentile latency in ms
 latency_source     str      how latency was obtained, device and batch size stated
+latency_unstable   bool     the reading stayed unstable after re-measurement (its rounds disagreed or the
+                            machine was busy): shown flagged, not silently trusted
 eval_seconds       float    wall time of the trial's evaluation
 feasible           bool     met every constraint
 failure_reason     str      "" when none
@@ -51,10 +53,10 @@ from mixnas.run_dir import RunDir
 
 TRIAL_COLUMNS = [
     "number", "state", "arch_id", "arch", "summary", "accuracy", "gflops", "gflops_min", "gflops_max",
-    "params", "latency_ms", "latency_p90_ms", "latency_source", "eval_seconds", "feasible",
+    "params", "latency_ms", "latency_p90_ms", "latency_source", "latency_unstable", "eval_seconds", "feasible",
     "failure_reason", "backend", "is_reference", "label", "worker",
 ]
-_DEFAULTS = {"worker": ""}  # columns added after tables were first written
+_DEFAULTS = {"worker": "", "latency_unstable": False}  # columns added after tables were first written
 TRIAL_STATES = ["COMPLETE", "FAIL", "RUNNING", "PRUNED"]
 PARQUET_NAME = RunDir.TRIALS_PARQUET
 CSV_NAME = RunDir.TRIALS_CSV
@@ -64,7 +66,7 @@ _STR_COLUMNS = ["state", "arch_id", "arch", "summary", "latency_source", "failur
 _FLOAT_COLUMNS = [
     "accuracy", "gflops", "gflops_min", "gflops_max", "latency_ms", "latency_p90_ms", "eval_seconds",
 ]
-_BOOL_COLUMNS = ["feasible", "is_reference"]
+_BOOL_COLUMNS = ["feasible", "is_reference", "latency_unstable"]
 
 # Objective name -> direction. The column each reads is in _OBJECTIVE_COLUMNS.
 OBJECTIVES: dict[str, str] = {"accuracy": "max", "gflops": "min", "params": "min", "latency": "min"}

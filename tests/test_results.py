@@ -54,7 +54,7 @@ def _row(number: int, arch: ArchConfig, rng: np.random.Generator, **over: object
         params=int(rng.integers(50_000, 900_000)), latency_ms=float(2 + 40 * gflops + rng.uniform(0, 2)),
         latency_p90_ms=0.0, latency_source="measured: cpu: test cpu (2 threads), batch 1",
         eval_seconds=float(rng.uniform(1, 3)), feasible=True, failure_reason="", backend="optuna",
-        is_reference=False, label="", worker="",
+        is_reference=False, label="", worker="", latency_unstable=False,
     )
     row["latency_p90_ms"] = row["latency_ms"] * 1.1
     row.update(over)
@@ -89,7 +89,7 @@ def trials() -> pd.DataFrame:
 def test_trial_columns_are_the_contract() -> None:
     assert TRIAL_COLUMNS == [
         "number", "state", "arch_id", "arch", "summary", "accuracy", "gflops", "gflops_min", "gflops_max",
-        "params", "latency_ms", "latency_p90_ms", "latency_source", "eval_seconds", "feasible",
+        "params", "latency_ms", "latency_p90_ms", "latency_source", "latency_unstable", "eval_seconds", "feasible",
         "failure_reason", "backend", "is_reference", "label", "worker",
     ]
 

@@ -7,9 +7,12 @@
   trials on the full front but off the plane's front are drawn as open circles. Dominated feasible
   trials are faded, infeasible ones are grey crosses, reference architectures are labelled diamonds.
 - ``objectives_3d.html``: a 3-D scatter of three objectives, the search's front highlighted.
-- ``hypervolume.html``: hypervolume after each trial, with the reference point stated.
+- ``hypervolume.html``: hypervolume against supernet evaluations, with the reference point stated, beside
+  random sampling on the same supernet when a baseline was scored.
 - ``mixers_along_front.html``: which mixer each stage of each front architecture chose, cheapest first.
-- ``index.html``: links to all of them, a summary, and the Pareto table.
+- ``index.html``: links to all of them, a summary, the Pareto table, and for each hand-designed reference
+  the best searched architecture at no more than its GFLOPs (and, separately, its latency) with the
+  accuracy difference; the accuracy-vs-cost pages repeat that table for their cost.
 
 Every page embeds plotly.js (several MB each) rather than loading it from a CDN, so a run directory
 can be copied to a machine without network and still be read. (The headless-browser checks of these
@@ -38,7 +41,14 @@ from mixnas.results.pareto import (
     pareto_front,
     pareto_mask,
 )
-from mixnas.results.table import format_gflops, pareto_records, parse_arch, stage_label, table_rows
+from mixnas.results.table import (
+    format_gflops,
+    pareto_records,
+    parse_arch,
+    stage_label,
+    table_rows,
+    versus_references,
+)
 from mixnas.search_space import get_mixer, mixer_names
 from mixnas.trials import OBJECTIVE_LABELS, OBJECTIVES, TRIAL_STATES, check_trials, parse_objectives
 
@@ -175,6 +185,11 @@ def scatter_figure(df: pd.DataFrame, cost: str, objectives: Sequence[str]) -> go
         line=dict(color=FRONT_COLOR, width=2, shape="hv"))
     add(refs, "reference architectures", mode="markers+text", text=list(refs["label"]),
         textposition="top center", marker=dict(color="black", symbol="diamond", size=11))
+    if cost == "latency" and "latency_unstable" in df:
+        unstable = df[(df["state"] == "COMPLETE") & df["latency_unstable"].astype(bool)]
+        if len(unstable):
+            add(unstable, "latency unstable after re-measuring (not trusted)", mode="markers",
+                marker=dict(color="orange", symbol="triangle-up-open", size=14, line=dict(width=2)))
     fig.update_layout(
         title=f"Accuracy vs {OBJECTIVE_LABELS[cost]}: the line is the front of accuracy and "
               f"{OBJECTIVE_LABELS[cost]} ({len(front)} trials)",
@@ -224,26 +239,35 @@ def scatter3d_figure(df: pd.DataFrame, axes: Sequence[str], objectives: Sequence
 
 
 def hypervolume_figure(
-    history: pd.DataFrame, objectives: Sequence[str], reference: Mapping[str, float]
+    history: pd.DataFrame, objectives: Sequence[str], reference: Mapping[str, float],
+    baseline: pd.DataFrame | None = None,
 ) -> go.Figure:
-    """Hypervolume after each trial.
+    """Hypervolume against supernet evaluations, with random sampling on the same supernet beside it.
 
     Args:
-        history: ``hypervolume_history`` output (number, hypervolume).
+        history: ``hypervolume_history`` output (number, hypervolume) of the search.
         objectives: the objectives the hypervolume is over.
         reference: the reference point used, by objective name.
+        baseline: ``hypervolume_history`` of random sampling with the same reference point, if any.
     """
     objs = parse_objectives(objectives)
     units = " x ".join(u or "count" for u in (_UNITS[o] for o in objs))
     fig = go.Figure(go.Scatter(
-        x=history["number"], y=history["hypervolume"], mode="lines+markers", name="hypervolume",
-        line=dict(shape="hv", color=FRONT_COLOR), hovertemplate="trial %{x}<br>hypervolume %{y:.6g}",
+        x=history["number"] + 1, y=history["hypervolume"], mode="lines+markers", name="search",
+        line=dict(shape="hv", color=FRONT_COLOR), hovertemplate="evaluation %{x}<br>hypervolume %{y:.6g}",
     ))
+    if baseline is not None and len(baseline):
+        fig.add_trace(go.Scatter(
+            x=baseline["number"] + 1, y=baseline["hypervolume"], mode="lines+markers",
+            name="random sampling (same supernet)", line=dict(shape="hv", color="#7f7f7f", dash="dash"),
+            hovertemplate="evaluation %{x}<br>hypervolume %{y:.6g}",
+        ))
     directions = ", ".join(f"{_NAMES[o]} ({OBJECTIVES[o]})" for o in objs)
     fig.update_layout(
         title=f"Hypervolume over trials: {directions}"
               f"<br><sup>reference point: {format_reference(reference)}</sup>",
-        xaxis_title="trial number", yaxis_title=f"hypervolume ({units})", height=600, template="plotly_white",
+        xaxis_title="supernet evaluations", yaxis_title=f"hypervolume ({units})", height=600,
+        template="plotly_white",
     )
     return fig
 
@@ -361,6 +385,35 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: S
     return f"<table>\n<tr>{head}</tr>\n{body}</table>"
 
 
+def versus_html(df: pd.DataFrame, cost: str) -> str:
+    """The 'did the search beat hand design' table for one cost (``versus_references``), as HTML."""
+    vs = versus_references(df, cost)
+    if not len(vs):
+        return ""
+    unit, spec = ("GFLOPs", ".3g") if cost == "gflops" else ("ms", ".2f")
+    rows = []
+    for r in vs.itertuples(index=False):
+        if r.number < 0:
+            verdict = "no searched architecture at this cost"
+        elif r.beats:
+            verdict = "beaten: more accurate at less cost"
+        elif r.difference >= 0:
+            verdict = "matched"
+        else:
+            verdict = f"not reached ({r.difference:+.2f} points)"
+        rows.append([r.reference, _fmt(r.ref_accuracy, ".2f"), _fmt(r.ref_cost, spec),
+                     "-" if r.number < 0 else str(r.number), _fmt(r.accuracy, ".2f"), _fmt(r.cost, spec),
+                     _fmt(r.difference, "+.2f"), verdict])
+    header = ["reference", "ref acc %", f"ref {unit}", "best searched trial at <= its cost", "acc %", unit,
+              "difference (points)", "verdict"]
+    what = "GFLOPs" if cost == "gflops" else "latency (readings flagged unstable left out)"
+    return (f"<h2>Search vs the hand-designed references, by {what}</h2>\n"
+            f"<p>For each reference (every stage one mixer, at the space's largest sizes; scored, never counted "
+            f"as a search result): the most accurate searched architecture, other than the reference's own, "
+            f"that costs no more.</p>\n"
+            + _html_table(header, rows, [False, True, True, True, True, True, True, False]))
+
+
 def _reference_dict(objectives: list[str], reference_point: Reference) -> dict[str, float]:
     if isinstance(reference_point, Mapping):
         given = {parse_objectives([k])[0]: float(v) for k, v in reference_point.items()}
@@ -384,6 +437,8 @@ def write_pages(
     reference_point: Reference | None = None,
     title: str = "mixnas search results",
     ranking: tuple[pd.DataFrame, Mapping[str, Any]] | None = None,
+    reference_note: str | None = None,
+    baseline: pd.DataFrame | None = None,
 ) -> Path:
     """Write the results pages (see the module docstring) and return the path of ``index.html``.
 
@@ -400,6 +455,9 @@ def write_pages(
         title: the heading of every page.
         ranking: a ranking check's table and summary (``mixnas.search.ranking.load_ranking``), drawn on
             its own page when given.
+        reference_note: where ``reference_point`` came from (shown beside it).
+        baseline: a trial table of random sampling on the same supernet (``mixnas.search.baseline``),
+            drawn on the hypervolume page beside the search.
     """
     df = check_trials(df)
     objs = parse_objectives(objectives)
@@ -453,7 +511,7 @@ def write_pages(
                 ("Pareto front", f"{int(pareto_mask(df, used).sum())} architectures"),
                 ("reference point", format_reference(reference)
                  + (" (default: accuracy 0 %, 1.1 x the worst feasible value of each cost)"
-                    if reference_point is None else "")),
+                    if reference_point is None else f" ({reference_note})" if reference_note else "")),
                 ("hypervolume", f"{history['hypervolume'].iloc[-1]:.6g}"),
             ]
         else:
@@ -466,7 +524,7 @@ def write_pages(
                 extra = ""
                 if cost == "latency":
                     extra = f'<p class="note">latency: {html.escape("; ".join(sources))}</p>'
-                pages.append((key, PAGE_FILES[key], extra + _figure_html(fig, key)))
+                pages.append((key, PAGE_FILES[key], extra + _figure_html(fig, key) + versus_html(df, cost)))
 
         axes = [o for o in ("accuracy", "gflops", "latency", "params") if o in used]
         axes += [o for o in ("accuracy", "gflops", "latency", "params") if o not in axes and measured(o)]
@@ -477,7 +535,12 @@ def write_pages(
             notes.append("The 3-D view needs three measured objectives; skipped.")
 
         if reference is not None:
-            fig = hypervolume_figure(history, used, reference)
+            base_history = None
+            if baseline is not None and len(baseline):
+                base_history = hypervolume_history(check_trials(baseline), used, reference)
+                summary.append(("random sampling", f"hypervolume {base_history['hypervolume'].iloc[-1]:.6g} after "
+                                f"{len(base_history)} evaluations on the same supernet"))
+            fig = hypervolume_figure(history, used, reference, base_history)
             body = (f"<p>Reference point: {html.escape(format_reference(reference))}. Only feasible complete "
                     f"searched trials count; maximised objectives are negated, so the volume is the region "
                     f"between the front and the reference point.</p>")
@@ -523,6 +586,9 @@ def write_pages(
         numeric = [i == 0 or i >= len(header) - 4 for i in range(len(header))]
         index_body.append(f"<h2>Pareto front ({html.escape(_names(used))}), cheapest first</h2>\n"
                           + _html_table(header, rows, numeric))
+    for cost in ("gflops", "latency"):
+        if measured(cost):
+            index_body.append(versus_html(df, cost))
     refs = df[df["is_reference"] & (df["state"] == "COMPLETE")]
     if len(refs):
         rows = [

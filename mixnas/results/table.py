@@ -130,3 +130,44 @@ def pareto_table(df: pd.DataFrame, objectives: str | Sequence[str]) -> str:
 
     title = f"Pareto front ({', '.join(objs)}): {len(records)} architecture{'s' * (len(records) != 1)}"
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def versus_references(df: pd.DataFrame, cost: str = "gflops") -> pd.DataFrame:
+    """For each scored hand-designed reference: the most accurate searched architecture (complete and
+    feasible, not the reference's own architecture) at no more than the reference's ``cost``.
+
+    Args:
+        df: a trial table.
+        cost: ``gflops`` or ``latency`` (the ``latency_ms`` column; readings flagged unstable take no part).
+
+    Returns:
+        One row per reference: ``reference``, ``ref_accuracy``, ``ref_cost``, ``number`` (the searched
+        trial, -1 when none), ``accuracy``, ``cost``, ``difference`` (accuracy points, searched minus
+        reference; NaN when none), ``beats`` (strictly more accurate at strictly less cost).
+    """
+    col = "latency_ms" if cost == "latency" else "gflops"
+    is_ref = df["is_reference"].astype("boolean").fillna(False).astype(bool)
+    complete = df["state"] == "COMPLETE"
+    searched = df[~is_ref & complete & df["feasible"].astype("boolean").fillna(False).astype(bool)]
+    if col == "latency_ms" and "latency_unstable" in df:
+        searched = searched[~searched["latency_unstable"].astype("boolean").fillna(False).astype(bool)]
+    rows = []
+    for r in df[is_ref & complete].itertuples(index=False):
+        ref_cost = float(getattr(r, col))
+        if not math.isfinite(ref_cost):
+            continue
+        cand = searched[(searched[col].astype(float) <= ref_cost) & (searched["arch_id"] != r.arch_id)]
+        cand = cand[cand["accuracy"].astype(float).notna()]
+        if len(cand):
+            best = cand.sort_values(["accuracy", col, "number"], ascending=[False, True, True]).iloc[0]
+            strictly = bool(((cand["accuracy"] > r.accuracy) & (cand[col].astype(float) < ref_cost)).any())
+            rows.append({"reference": r.label, "ref_accuracy": float(r.accuracy), "ref_cost": ref_cost,
+                         "number": int(best["number"]), "accuracy": float(best["accuracy"]),
+                         "cost": float(best[col]), "difference": float(best["accuracy"] - r.accuracy),
+                         "beats": strictly})
+        else:
+            rows.append({"reference": r.label, "ref_accuracy": float(r.accuracy), "ref_cost": ref_cost,
+                         "number": -1, "accuracy": math.nan, "cost": math.nan, "difference": math.nan,
+                         "beats": False})
+    return pd.DataFrame(rows, columns=["reference", "ref_accuracy", "ref_cost", "number", "accuracy", "cost",
+                                       "difference", "beats"])

@@ -90,18 +90,22 @@ class SearchSettings:
     Args:
         trials: finished trials to reach (complete or failed).
         objectives: canonical objective names (accuracy, gflops, params, latency).
-        sampler: nsga2 | tpe | random | gp.
+        sampler: guided | nsga2 | tpe | random | gp (``guided``: predictor-screened evolution,
+            ``mixnas.search.guided``).
         limits: cost limits, as constraints.
         seed: the sampler's seed.
         references: also evaluate the space's hand-designed references (every stage one mixer, largest sizes).
+        warm_start: queue the space's extremes and each mixer's largest architecture as the first trials
+            (searched trials, counted in ``trials``).
     """
 
     trials: int
     objectives: tuple[str, ...] = ("accuracy", "gflops", "latency")
-    sampler: str = "nsga2"
+    sampler: str = "guided"
     limits: Limits = field(default_factory=lambda: Limits())
     seed: int = 0
     references: bool = True
+    warm_start: bool = True
 
 
 def score(evaluate: Callable[[ArchConfig], dict[str, Any]], arch: ArchConfig, objectives: list[str]
@@ -137,6 +141,7 @@ def trial_record(
         "latency_ms": result.get("latency_ms", nan),
         "latency_p90_ms": result.get("latency_p90_ms", nan),
         "latency_source": result.get("latency_source", ""),
+        "latency_unstable": bool(result.get("latency_unstable", False)),
         "eval_seconds": result.get("eval_seconds", nan),
         "feasible": bool(feasible),
         "failure_reason": failure_reason,

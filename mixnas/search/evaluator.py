@@ -3,9 +3,10 @@
 For one architecture: take the supernet's weights for it (``Supernet.extract``), optionally fine-tune it
 for a few epochs, recalibrate its BatchNorm on training batches, measure top-1 on the validation split,
 count parameters and GFLOPs (DGE: mean, min and max over validation images) and measure latency on a
-device or predict it from a lookup table. Results are cached by ``arch_id`` on disk
-(``RUN_DIR/search/cache/<arch_id>.json``), so an architecture suggested twice, by a resumed search or
-by another Ray worker on the same storage, is evaluated once.
+device or predict it from a lookup table. A static network's GFLOPs come from the space's ``CostTable``
+(exact, without tracing the network); an input-dependent one (DGE) is traced per image. Results are cached
+by ``arch_id`` on disk (``RUN_DIR/search/cache/<arch_id>.json``), so an architecture suggested twice,
+by a resumed search or by another Ray worker on the same storage, is evaluated once.
 
 Scoring is deterministic on the CPU: an architecture gets the same accuracy and FLOPs in any process and
 in any order of evaluation (the calibration batches are drawn afresh for each candidate from the
@@ -29,8 +30,10 @@ from mixnas.atomic import atomic_write_text
 from mixnas.device import resolve_device
 from mixnas.errors import CheckpointError, ConfigError
 from mixnas.run_dir import RunDir
-from mixnas.search.cost import model_gflops
-from mixnas.search.profiler import count_params, device_name, measure_latency
+from mixnas.search.cost import is_input_dependent, model_gflops
+from mixnas.search.cost_table import CostTable
+from mixnas.search.profiler import count_params, device_name
+from mixnas.search.robust_latency import RobustLatency
 from mixnas.search_space import ArchConfig
 from mixnas.supernet import Supernet
 from mixnas.supernet.checkpoint import load_weights
@@ -55,8 +58,12 @@ class EvalSettings:
         latency: ``measure`` on ``device``, ``lut`` (predict from ``latency_lut``) or ``none``.
         latency_lut: a lookup table built by ``mixnas latency build-lut``.
         latency_batch_size: images per timed forward pass.
-        latency_runs: timed runs per candidate (median and p90 over them).
-        latency_max_seconds: cap on the time spent timing one candidate.
+        latency_runs: timed runs per candidate, split over ``latency_repeats`` interleaved rounds.
+        latency_max_seconds: cap on the time spent timing one candidate (per attempt).
+        latency_repeats: rounds per reading; the reading is the median of the rounds' medians
+            (``mixnas.search.robust_latency``).
+        latency_tolerance: a reading whose rounds disagree, or whose load probe ran slower, by more than
+            this ratio is measured again (twice at most) and flagged ``latency_unstable`` if it stays so.
         calib_batches: training batches for BatchNorm recalibration.
         val_limit: evaluate on at most this many validation images (0 = all).
         flops_images: validation images whose FLOPs are averaged for input-dependent (DGE) models
@@ -73,6 +80,8 @@ class EvalSettings:
     latency_batch_size: int = 1
     latency_runs: int = 20
     latency_max_seconds: float = 2.0
+    latency_repeats: int = 3
+    latency_tolerance: float = 1.5
     calib_batches: int = 10
     val_limit: int = 0
     flops_images: int = 0
@@ -85,6 +94,9 @@ class EvalSettings:
         """Settings that change a result: a cached result is reused only under the same ones."""
         d = asdict(self)
         d.pop("latency_max_seconds")
+        if self.latency != "measure":  # how latency would be timed changes nothing then
+            d.pop("latency_repeats")
+            d.pop("latency_tolerance")
         return json.dumps(d, sort_keys=True)
 
 
@@ -131,6 +143,18 @@ class CandidateEvaluator:
                 )
         self.cache_dir = self.run.cache_dir
         self._memory: dict[str, dict[str, Any]] = {}
+        self._cost_table: CostTable | None = None
+        s = self.settings
+        self.timer = RobustLatency(device=str(self.device), batch_size=s.latency_batch_size, runs=s.latency_runs,
+                                   repeats=s.latency_repeats, max_seconds=s.latency_max_seconds,
+                                   tolerance=s.latency_tolerance)
+
+    @property
+    def cost_table(self) -> CostTable:
+        """The space's per-component FLOPs and parameters, counted once (kept in ``RUN_DIR/search``)."""
+        if self._cost_table is None:
+            self._cost_table = CostTable.for_space(self.space, self.run.cost_table)
+        return self._cost_table
 
     def calibration_batches(self) -> Any:
         """The BatchNorm calibration batches: a fresh loader seeded by the settings, so that every candidate
@@ -168,7 +192,10 @@ class CandidateEvaluator:
         model = self.prepare(arch)
         accuracy = evaluate_accuracy(model, self.val_loader, self.device)
         model = model.cpu().eval()
-        mean, lo, hi = model_gflops(model, arch, self.flops_loader)
+        if is_input_dependent(arch):
+            mean, lo, hi = model_gflops(model, arch, self.flops_loader)
+        else:  # exact, and no trace: the space's per-component counts (a test checks they equal fvcore's)
+            mean = lo = hi = self.cost_table.arch_cost(arch)[0]
         result: dict[str, Any] = {
             "accuracy": accuracy, "params": count_params(model), "gflops": mean, "gflops_min": lo, "gflops_max": hi,
         }
@@ -201,14 +228,13 @@ class CandidateEvaluator:
         if self.lut is not None:
             median = self.lut.predict(arch)
             return {"latency_ms": median, "latency_p90_ms": math.nan, "latency_source": self.lut.source}
-        stats = measure_latency(
-            model, arch.input_size, batch_size=s.latency_batch_size, device=str(self.device), runs=s.latency_runs,
-            warmup=3, in_chans=arch.in_chans, max_seconds=s.latency_max_seconds,
-        )
+        reading = self.timer.measure(model, arch.input_size, in_chans=arch.in_chans)
         model.cpu()
         return {
-            "latency_ms": stats.median_ms, "latency_p90_ms": stats.p90_ms,
+            "latency_ms": reading.median_ms, "latency_p90_ms": reading.p90_ms,
             "latency_source": f"measured: {device_name(str(self.device))}, batch {s.latency_batch_size}",
+            "latency_unstable": reading.unstable, "latency_rounds_ms": ",".join(f"{r:.4g}" for r in reading.rounds_ms),
+            "latency_load": reading.load, "latency_attempts": reading.attempts,
         }
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,23 +46,44 @@ from mixnas.search._shared import (
     trial_record,
 )
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings, load_settings, save_settings
-from mixnas.search_space import ArchConfig
+from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.trials import TRIAL_COLUMNS, save_trials
 
 STUDY_NAME = "mixnas"
-SAMPLERS = ["nsga2", "tpe", "random", "gp"]
+SAMPLERS = ["guided", "nsga2", "tpe", "random", "gp"]
 INTERRUPTED = "interrupted: the search process stopped while evaluating it"
 DUPLICATE = "duplicate_of"
+WARM_START = "warm_start"  # user attribute of the trials the warm start queued
 # Consecutive repeats after which the space is taken to be exhausted (every architecture tried).
 MAX_CONSECUTIVE_REPEATS = 200
 
 
-def make_sampler(name: str, trials: int, seed: int) -> optuna.samplers.BaseSampler:
-    """Optuna's sampler by name. Limits reach the samplers through ``Trial.set_constraint``."""
+def make_sampler(name: str, trials: int, seed: int, space: SearchSpace | None = None,
+                 objectives: Sequence[str] = ("accuracy", "gflops", "latency"), limits: Limits | None = None,
+                 cost_table_cache: str | Path | None = None) -> optuna.samplers.BaseSampler:
+    """Optuna's sampler by name (``guided``: ``mixnas.search.guided.GuidedSampler``, which needs the space).
+    Limits reach the samplers through ``Trial.set_constraint``.
+
+    Args:
+        name: one of ``SAMPLERS``.
+        trials: the search's budget (sizes NSGA-II's population).
+        seed: the sampler's seed.
+        space: the search space (guided only).
+        objectives: canonical objective names in the study's order (guided only).
+        limits: cost limits (guided screens candidates against them).
+        cost_table_cache: where the guided sampler keeps the space's cost table (a run directory's file).
+    """
+    if name == "guided":
+        if space is None:
+            raise ConfigError("--sampler guided: needs the search space")
+        from mixnas.search.guided import GuidedSampler
+
+        lim = limits or Limits()
+        return GuidedSampler(space, list(objectives), seed=seed,
+                             limits=(lim.max_gflops, lim.max_params, lim.max_latency_ms),
+                             cost_table_cache=str(cost_table_cache) if cost_table_cache else None)
     if name == "nsga2":
-        # Optuna's default population (50) would leave a small search all-random: keep several generations.
-        population = max(4, min(50, trials // 5))
-        return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+        return optuna.samplers.NSGAIISampler(population_size=nsga2_population(trials), seed=seed)
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True)
     if name == "random":
@@ -69,6 +91,43 @@ def make_sampler(name: str, trials: int, seed: int) -> optuna.samplers.BaseSampl
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     raise ConfigError(f"--sampler: unknown sampler {name!r}; allowed: {', '.join(SAMPLERS)}")
+
+
+def nsga2_population(trials: int) -> int:
+    """NSGA-II's population for a budget of ``trials``: Optuna's default (50) would leave a small search
+    all-random, so about five generations fit, between 4 and 50 members."""
+    return max(4, min(50, trials // 5))
+
+
+def warm_start_archs(space: SearchSpace, limits: Limits | None = None, trials: int | None = None
+                     ) -> list[ArchConfig]:
+    """The first generation's seeds: the space's largest and smallest architectures and each mixer's
+    largest (the hand-designed references' architectures, here scored as searched trials), distinct,
+    without those the cost table puts over a GFLOPs or parameter limit, at most ``trials`` of them."""
+    archs = [space.largest(), space.smallest()] + [space.largest(m) for m in space.mixer_types()]
+    out: dict[str, ArchConfig] = {}
+    table = None
+    for arch in archs:
+        arch = arch.with_name(None)
+        if arch.arch_id in out:
+            continue
+        if limits is not None and (limits.max_gflops is not None or limits.max_params is not None):
+            if table is None:
+                from mixnas.search.cost_table import CostTable
+
+                table = CostTable.for_space(space)
+            gflops, params = table.arch_cost(arch)
+            if not limits.feasible({"gflops": gflops, "params": params, "latency_ms": 0.0}):
+                continue
+        out[arch.arch_id] = arch
+    return list(out.values())[:trials]
+
+
+def warm_start_params(space: SearchSpace, settings: SearchSettings) -> list[dict[str, Any]]:
+    """``warm_start_archs`` as Optuna parameters, for ``enqueue_trial`` (none when the settings say so)."""
+    if not settings.warm_start:
+        return []
+    return [space.params_of(a) for a in warm_start_archs(space, settings.limits, settings.trials)]
 
 
 def tell_constraints(trial: optuna.trial.Trial, limits: Limits, result: dict[str, Any]) -> None:
@@ -79,12 +138,30 @@ def tell_constraints(trial: optuna.trial.Trial, limits: Limits, result: dict[str
     trial.set_user_attr("constraints", list(named.values()))
 
 
-def open_study(run_dir: Path, settings: SearchSettings) -> optuna.Study:
-    """Create or load the study in ``RUN_DIR/search/journal.log``; refuse a study with other objectives."""
-    path = RunDir(run_dir).journal
+def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace | None = None) -> optuna.Study:
+    """Create or load the study in ``RUN_DIR/search/journal.log``; refuse a study with other objectives.
+    A new study gets the warm start (``warm_start_archs``) queued as its first trials.
+
+    Args:
+        run_dir: the run directory.
+        settings: the search's settings.
+        space: the search space (the guided sampler needs it, and the warm start is queued only with it;
+            the run's when None and the sampler is guided).
+    """
+    run = RunDir(run_dir)
+    path = run.journal
     path.parent.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(path)))
-    sampler = make_sampler(settings.sampler, settings.trials, settings.seed)
+    name = settings.sampler
+    if space is None and name == "guided":
+        if run.space_file.is_file():
+            from mixnas.training import read_space
+
+            space = read_space(run)
+        else:  # only a study opened to be read, never searched (a search passes its evaluator's space)
+            name = "random"
+    sampler = make_sampler(name, settings.trials, settings.seed, space=space,
+                           objectives=settings.objectives, limits=settings.limits, cost_table_cache=run.cost_table)
     directions = optuna_directions(list(settings.objectives))
     try:
         existing = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
@@ -100,6 +177,9 @@ def open_study(run_dir: Path, settings: SearchSettings) -> optuna.Study:
         return existing
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=directions)
     study.set_user_attr("objectives", list(settings.objectives))
+    if space is not None:
+        for params in warm_start_params(space, settings):
+            study.enqueue_trial(params, user_attrs={WARM_START: True})
     return study
 
 
@@ -227,7 +307,7 @@ def _run_optuna_search(
     run_dir: Path, settings: SearchSettings, evaluator: CandidateEvaluator, progress: bool,
 ) -> pd.DataFrame:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(run_dir, settings)
+    study = open_study(run_dir, settings, evaluator.space)
     check_settings(run_dir, evaluator.settings)
     objectives = list(settings.objectives)
     done = finished_count(study)
@@ -288,5 +368,6 @@ def _run_optuna_search(
 
 __all__ = [
     "DUPLICATE", "INTERRUPTED", "SAMPLERS", "SearchSettings", "check_settings", "finished_count", "make_sampler",
-    "open_study", "run_optuna_search", "stale_trials", "study_table",
+    "nsga2_population", "open_study", "run_optuna_search", "stale_trials", "study_table", "warm_start_archs",
+    "warm_start_params",
 ]

@@ -64,7 +64,13 @@ from mixnas.lock import drive
 from mixnas.run_dir import RunDir
 from mixnas.search._shared import Limits, SearchSettings, failure_reason, reference_rows, score, trial_record
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
-from mixnas.search.optuna_runner import DUPLICATE, MAX_CONSECUTIVE_REPEATS, check_settings, make_sampler
+from mixnas.search.optuna_runner import (
+    DUPLICATE,
+    MAX_CONSECUTIVE_REPEATS,
+    check_settings,
+    make_sampler,
+    warm_start_params,
+)
 from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.training import read_space
 from mixnas.trials import OBJECTIVES, TRIAL_COLUMNS, objective_column, save_trials
@@ -549,21 +555,26 @@ def make_trainable(
     return tune.with_resources(bound, {"cpu": ray_settings.cpus_per_trial, "gpu": ray_settings.gpus_per_trial})
 
 
-def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RaySettings, progress: bool) -> TrialBudget:
-    """The search algorithm: the Optuna runner's sampler behind Tune's searcher, concurrency and budget.
+def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RaySettings, progress: bool,
+                cost_table_cache: str | Path | None = None) -> TrialBudget:
+    """The search algorithm: the Optuna runner's sampler behind Tune's searcher, concurrency and budget; the
+    warm start's architectures are Tune's ``points_to_evaluate`` (queued in the Optuna study).
 
     Args:
         space: the search space.
         settings: objectives (and their directions), sampler, seed and total trials.
         ray_settings: trials evaluated at once.
         progress: show a progress bar.
+        cost_table_cache: where the guided sampler keeps the space's cost table.
     """
     objectives = list(settings.objectives)
     searcher = ConstrainedOptunaSearch(
         space=ArchSpace(space),
         metric=[objective_column(o) for o in objectives],
         mode=[OBJECTIVES[o] for o in objectives],
-        sampler=make_sampler(settings.sampler, settings.trials, settings.seed),
+        sampler=make_sampler(settings.sampler, settings.trials, settings.seed, space=space,
+                             objectives=objectives, limits=settings.limits, cost_table_cache=cost_table_cache),
+        points_to_evaluate=warm_start_params(space, settings) or None,
     )
     limited = ConcurrencyLimiter(searcher, max_concurrent=ray_settings.max_concurrent)
     return TrialBudget(limited, settings.trials, progress)
@@ -639,7 +650,9 @@ def _fit(
             trainable,
             param_space=run,
             tune_config=tune.TuneConfig(
-                search_alg=make_search(space, settings, ray_settings, progress), num_samples=settings.trials,
+                search_alg=make_search(space, settings, ray_settings, progress,
+                                       cost_table_cache=experiment.parent / RunDir.COST_TABLE),
+                num_samples=settings.trials,
                 reuse_actors=True, trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(

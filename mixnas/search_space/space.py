@@ -423,6 +423,17 @@ class SearchSpace:
         return math.prod(st.size() for st in self.stages)
 
     # ---------------------------------------------------------------------------------------- optuna
+    def params_of(self, arch: ArchConfig) -> dict[str, Any]:
+        """The Optuna parameters under which ``suggest`` gives ``arch`` (for ``Study.enqueue_trial``).
+
+        Raises:
+            ConfigError: ``arch`` is not in the space (naming the first field outside it).
+        """
+        why = self.why_not(arch)
+        if why is not None:
+            raise ConfigError(why)
+        return _Replay(arch).replay(self)
+
     def suggest(self, trial: Any) -> ArchConfig:
         """Define-by-run suggestion for an Optuna trial (also usable through Ray Tune's OptunaSearch).
 
@@ -453,3 +464,33 @@ class SearchSpace:
                 ffn=next(f for f in ffns if f.short() == ffn_label), mixer=MixerConfig(mtype, params),
             ))
         return self._arch(stages)
+
+
+class _Replay:
+    """A stand-in for an Optuna trial that answers each of ``SearchSpace.suggest``'s questions with the value
+    ``arch`` holds, and records the answers: the parameters that reproduce ``arch``."""
+
+    def __init__(self, arch: ArchConfig) -> None:
+        self.arch = arch
+        self.params: dict[str, Any] = {}
+
+    def replay(self, space: SearchSpace) -> dict[str, Any]:
+        space.suggest(self)
+        return self.params
+
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
+        stage_name, rest = name.split(".", 1)
+        stage = self.arch.stages[int(stage_name[1:])]
+        field = rest.rsplit(".", 1)[-1]
+        if field == "mixer":
+            value: Any = stage.mixer.type
+        elif field == "ffn":
+            value = stage.ffn.short()
+        elif rest in ("depth", "dim", "heads", "mlp_ratio"):
+            value = getattr(stage, rest)
+        else:
+            value = stage.mixer.spec.param(field).encode(stage.mixer.get(field))
+        if value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not among {choices}")
+        self.params[name] = value
+        return value

@@ -1,0 +1,251 @@
+"""How fast each search reaches a good front, on one trained demo supernet.
+
+    .venv/bin/python bench/search_efficiency.py --run runs/demo [--budget 40] [--seeds 0 1 2] [--long 3000]
+
+On the supernet of RUN (a finished ``mixnas run --preset demo``), with the objectives accuracy and GFLOPs:
+
+* each method searches ``--budget`` evaluations with each seed: random sampling, plain NSGA-II (population
+  sized to the budget), TPE, NSGA-II with the warm start, the guided sampler without the warm start, and
+  the default (guided with the warm start);
+* one long search (``--long`` evaluations, NSGA-II with a population of 50 and the warm start) and the union
+  of every architecture any run scored give the best known front;
+* the hypervolume of each run's front after 10, 20, ... evaluations, against a fixed reference point from
+  the space (0% accuracy, 1.1x the space's costliest GFLOPs, exact from ``CostTable``), as a share of the
+  best known front's;
+* for each hand-designed reference (every stage one mixer at the largest sizes), whether the run found
+  another architecture at no more than its GFLOPs with at least its accuracy minus 0.5 points;
+* the accuracy predictor's Kendall tau on held-out supernet scores (fitted on a run's first ``--budget``
+  scored candidates, scored on the long search's other architectures), and against the standalone
+  accuracies of ``docs/benchmarks/ranking_demo.csv`` where those architectures are in the space.
+
+Every run shares one evaluator (scores are deterministic and cached), so a method's wall time is estimated
+as its sampler's own time plus the recorded evaluation time of the architectures it asked for. Work files
+go to ``RUN/bench_search/``; the command resumes. Table: ``docs/benchmarks/search.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixnas.results.pareto import hypervolume, hypervolume_history, pareto_mask  # noqa: E402
+from mixnas.run_dir import RunDir  # noqa: E402
+from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings  # noqa: E402
+from mixnas.search._shared import reference_rows  # noqa: E402
+from mixnas.search.cost_table import CostTable  # noqa: E402
+from mixnas.search.encoding import ArchCodec  # noqa: E402
+from mixnas.search.optuna_runner import run_optuna_search  # noqa: E402
+from mixnas.search.predictor import AccuracyPredictor, kendall_tau  # noqa: E402
+from mixnas.search_space import ArchConfig  # noqa: E402
+
+OBJECTIVES = ("accuracy", "gflops")
+DIRECTIONS = ["max", "min"]
+# name -> (sampler, warm start)
+METHODS = {
+    "random": ("random", False),
+    "nsga2": ("nsga2", False),
+    "tpe": ("tpe", False),
+    "nsga2+warm": ("nsga2", True),
+    "guided (no warm start)": ("guided", False),
+    "default: guided+warm": ("guided", True),
+}
+TOLERANCE = 0.5  # accuracy points a cheaper architecture may lose against a reference
+
+
+def _scoring_dir(run: Path, work: Path) -> Path:
+    """A run directory for the bench's evaluator: the supernet's files, its own cache and settings."""
+    scoring = work / "scoring"
+    scoring.mkdir(parents=True, exist_ok=True)
+    for name in (RunDir.SPACE, RunDir.TRAIN_CONFIG, RunDir.SUPERNET_WEIGHTS):
+        if not (scoring / name).exists():
+            shutil.copy2(run / name, scoring / name)
+    return scoring
+
+
+def _search(evaluator: CandidateEvaluator, out: Path, sampler: str, warm: bool, trials: int, seed: int,
+            population: int | None = None) -> tuple[pd.DataFrame, float]:
+    """Run (or resume) one search; returns its table and its sampler's own seconds (total minus scoring)."""
+    settings = SearchSettings(trials=trials, objectives=OBJECTIVES, sampler=sampler, seed=seed, references=False,
+                              warm_start=warm)
+    before = evaluator.seconds_inside
+    t0 = time.perf_counter()
+    if population is not None:
+        import optuna
+
+        from mixnas.search import optuna_runner
+
+        original = optuna_runner.make_sampler
+
+        def make(name, trials, seed, **kw):  # the long search's population (not the budget's)
+            if name == "nsga2":
+                return optuna.samplers.NSGAIISampler(population_size=population, seed=seed)
+            return original(name, trials, seed, **kw)
+
+        optuna_runner.make_sampler = make
+        try:
+            table = run_optuna_search(out, settings, evaluator, progress=True)
+        finally:
+            optuna_runner.make_sampler = original
+    else:
+        table = run_optuna_search(out, settings, evaluator, progress=False)
+    elapsed = time.perf_counter() - t0
+    return table, max(0.0, elapsed - (evaluator.seconds_inside - before))
+
+
+class _TimedEvaluator(CandidateEvaluator):
+    """The evaluator, counting the seconds spent inside ``evaluate`` (cache hits included)."""
+
+    seconds_inside = 0.0
+
+    def evaluate(self, arch: ArchConfig) -> dict:
+        t0 = time.perf_counter()
+        try:
+            return super().evaluate(arch)
+        finally:
+            self.seconds_inside += time.perf_counter() - t0
+
+
+def _front_hv(table: pd.DataFrame, ref: list[float]) -> float:
+    ok = table[pareto_mask(table, list(OBJECTIVES))]
+    return hypervolume(ok[["accuracy", "gflops"]].to_numpy(float), DIRECTIONS, ref) if len(ok) else 0.0
+
+
+def _beats(table: pd.DataFrame, refs: pd.DataFrame) -> dict[str, dict]:
+    """Per non-DGE reference: the most accurate other searched architecture at <= its GFLOPs."""
+    out = {}
+    searched = table[(table["state"] == "COMPLETE") & ~table["is_reference"].astype(bool)]
+    for _, r in refs.iterrows():
+        cheaper = searched[(searched["gflops"] <= r["gflops"] + 1e-12) & (searched["arch_id"] != r["arch_id"])]
+        best = cheaper.loc[cheaper["accuracy"].idxmax()] if len(cheaper) else None
+        diff = float(best["accuracy"] - r["accuracy"]) if best is not None else float("nan")
+        strict = bool(len(cheaper[(cheaper["accuracy"] > r["accuracy"]) & (cheaper["gflops"] < r["gflops"])]))
+        out[r["label"]] = {"diff": diff, "ok": bool(diff >= -TOLERANCE), "strict": strict,
+                           "best_gflops": float(best["gflops"]) if best is not None else float("nan")}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, type=Path, help="a finished demo run directory")
+    p.add_argument("--budget", type=int, default=40)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--long", type=int, default=3000, help="evaluations of the best-known-front search")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "search.md")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared machine)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    work = args.run / "bench_search"
+    evaluator = _TimedEvaluator(_scoring_dir(args.run, work), EvalSettings(latency="none"))
+    space = evaluator.space
+    table_costs = CostTable.for_space(space, work / "cost_table.json")
+    max_gflops = table_costs.max_cost()[0]
+    ref = [0.0, 1.1 * max_gflops]
+    print(f"reference point: accuracy 0%, GFLOPs {ref[1]:.6f} (1.1 x the space's costliest, {max_gflops:.6f})")
+
+    refs = pd.DataFrame(reference_rows(space, evaluator.evaluate, SearchSettings(trials=1).limits, "optuna", False))
+    refs = refs[refs["state"] == "COMPLETE"]
+    dge = [m for m in space.mixer_types() if any(s.mixer.spec.wraps_block for s in space.largest(m).stages)]
+    non_dge = refs[~refs["label"].isin([f"all {m}" for m in dge])]
+
+    t0 = time.perf_counter()
+    long_table, long_sampler_s = _search(evaluator, work / "long", "nsga2", True, args.long, 0, population=50)
+    long_seconds = time.perf_counter() - t0
+    runs: dict[tuple[str, int], tuple[pd.DataFrame, float]] = {}
+    for name in args.methods:
+        sampler, warm = METHODS[name]
+        for seed in args.seeds:
+            out = work / f"{name.replace(' ', '_').replace(':', '').replace('(', '').replace(')', '')}-s{seed}"
+            runs[name, seed] = _search(evaluator, out, sampler, warm, args.budget, seed)
+            print(f"{name} seed {seed}: done ({runs[name, seed][1]:.1f} s of sampler time)", flush=True)
+
+    # The best known front: every architecture any run scored.
+    union = pd.concat([long_table] + [t for t, _ in runs.values()], ignore_index=True)
+    union = union.drop_duplicates("arch_id")
+    best_hv = _front_hv(union, ref)
+    long_hv = _front_hv(long_table, ref)
+
+    eval_s = {k: float(v.get("eval_seconds", 0.0)) for k, v in evaluator._memory.items()}
+    mean_eval = float(np.mean(list(eval_s.values())))
+    rows, beats_rows = [], []
+    checkpoints = [c for c in (10, 20, 30, 40, 60, 80, 100) if c <= args.budget] + (
+        [args.budget] if args.budget not in (10, 20, 30, 40, 60, 80, 100) else [])
+    for name in args.methods:
+        per_seed = []
+        for seed in args.seeds:
+            table, sampler_s = runs[name, seed]
+            hist = hypervolume_history(table, list(OBJECTIVES), reference=ref)
+            at = {c: float(hist["hypervolume"].iloc[min(c, len(hist)) - 1]) / best_hv for c in checkpoints}
+            wall = sampler_s + sum(eval_s.get(a, mean_eval) for a in table["arch_id"])
+            per_seed.append((at, wall, sampler_s, _beats(table, non_dge)))
+        row = {"method": name}
+        for c in checkpoints:
+            row[f"hv@{c}"] = float(np.median([s[0][c] for s in per_seed]))
+        row["hv_min"] = float(min(s[0][args.budget] for s in per_seed))
+        row["wall_s"] = float(np.median([s[1] for s in per_seed]))
+        row["sampler_s"] = float(np.median([s[2] for s in per_seed]))
+        row["refs_ok"] = [sum(v["ok"] for v in s[3].values()) for s in per_seed]
+        row["refs_strict"] = [sum(v["strict"] for v in s[3].values()) for s in per_seed]
+        rows.append(row)
+        for seed, s in zip(args.seeds, per_seed):
+            for label, v in s[3].items():
+                beats_rows.append({"method": name, "seed": seed, "reference": label, **v})
+
+    # The predictor: fitted on each default run's scored candidates, scored on held-out long-search ones.
+    codec = ArchCodec(space)
+    taus, taus_standalone = [], []
+    held = long_table[long_table["state"] == "COMPLETE"]
+    standalone_csv = ROOT / "docs" / "benchmarks" / "ranking_demo.csv"
+    standalone = pd.read_csv(standalone_csv) if standalone_csv.is_file() else None
+    for seed in args.seeds:
+        table, _ = runs.get(("default: guided+warm", seed), (None, 0))
+        if table is None:
+            continue
+        train = table[table["state"] == "COMPLETE"]
+        g_train = np.array([codec.encode(ArchConfig.from_dict(json.loads(a))) for a in train["arch"]])
+        feats = lambda g: np.hstack([codec.features(g), np.log(table_costs.costs(g))])  # noqa: E731
+        model = AccuracyPredictor(seed=seed).fit(feats(g_train), train["accuracy"].to_numpy(float))
+        test = held[~held["arch_id"].isin(set(train["arch_id"]))]
+        g_test = np.array([codec.encode(ArchConfig.from_dict(json.loads(a))) for a in test["arch"]])
+        taus.append(kendall_tau(model.predict(feats(g_test))[0], test["accuracy"].to_numpy(float)))
+        if standalone is not None and "arch" in standalone:
+            archs = [ArchConfig.from_dict(json.loads(a)) for a in standalone["arch"]]
+            inside = [i for i, a in enumerate(archs) if space.contains(a)]
+            if len(inside) >= 4:
+                g_s = np.array([codec.encode(archs[i]) for i in inside])
+                acc = standalone["standalone_accuracy"].to_numpy(float)[inside] \
+                    if "standalone_accuracy" in standalone else None
+                if acc is not None:
+                    taus_standalone.append(kendall_tau(model.predict(feats(g_s))[0], acc))
+
+    result = {
+        "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}",
+        "budget": args.budget, "seeds": args.seeds, "long": args.long, "reference_point": ref,
+        "best_known_hv": best_hv, "long_hv": long_hv, "union_archs": int(len(union)),
+        "long_minutes": long_seconds / 60, "long_sampler_s": long_sampler_s, "mean_eval_s": mean_eval,
+        "methods": rows, "references": beats_rows,
+        "references_scored": refs[["label", "accuracy", "gflops"]].to_dict("records"),
+        "predictor_tau_heldout": taus, "predictor_tau_standalone": taus_standalone,
+    }
+    (args.out.with_suffix(".json")).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["methods"], indent=1))
+    print(f"best known HV {best_hv:.5f} (long search alone {long_hv / best_hv:.4f}); predictor tau {taus}")
+
+
+if __name__ == "__main__":
+    main()

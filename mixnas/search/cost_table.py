@@ -1,0 +1,157 @@
+"""Exact FLOPs and parameters of every architecture of a space, from one count per component.
+
+A network's FLOPs and parameters are sums over its components (stem, patch mergings, blocks, head: the
+latency table's ``space_components``), and each component's count depends only on its own configuration.
+``CostTable`` counts every component of a space once (fvcore, as ``mixnas profile`` does; multiply-adds at
+batch 1) and then gives the cost of any number of architectures as array lookups: the guided search
+screens 10^4 candidates per proposal with it, and the hypervolume's reference point comes from the
+space's costliest architecture (``max_cost``).
+
+For a static network the table's sum equals ``count_flops`` of the whole network exactly (a test checks
+it on random architectures of every shipped space). A mixer whose cost depends on the image
+(``MixerSpec.input_dependent_cost``, DGE) is counted as initialised, where its router sends every region to
+the finest granularity: the table gives its densest cost, an upper bound; the search records each scored
+candidate's measured mean.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixnas.atomic import atomic_write_text
+from mixnas.search.encoding import DEPTH, DIM, FFN, HEADS, MIXER, RATIO, ArchCodec
+from mixnas.search.latency_lut import (
+    _ComponentRunner,
+    block_key,
+    head_key,
+    merge_key,
+    space_components,
+    stem_key,
+)
+from mixnas.search.profiler import count_flops, count_params
+from mixnas.search_space import ArchConfig, SearchSpace, StageConfig
+from mixnas.search_space.arch import stage_resolutions
+
+COST_TABLE_FORMAT = "mixnas-cost-table-1"
+
+
+def _space_digest(space: SearchSpace) -> str:
+    return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@torch.no_grad()
+def count_components(space: SearchSpace) -> dict[str, tuple[int, int]]:
+    """component key -> (FLOPs as multiply-adds at batch 1, parameters), each component built alone."""
+    torch.manual_seed(0)
+    out = {}
+    for c in space_components(space, batch_size=1):
+        module, call = c.build()
+        module.eval()
+        runner = _ComponentRunner(module, torch.randn(c.input_shape), call)
+        image = torch.zeros(1, space.in_chans, space.input_size, space.input_size)
+        out[c.key] = (count_flops(runner, image), count_params(module))
+    return out
+
+
+class CostTable:
+    """FLOPs and parameters of a space's architectures (module docstring).
+
+    Args:
+        space: the search space (class count resolved).
+        counts: component key -> (FLOPs, params); counted now when None.
+    """
+
+    def __init__(self, space: SearchSpace, counts: dict[str, tuple[int, int]] | None = None) -> None:
+        self.space = space
+        self.codec = ArchCodec(space)
+        self.counts = counts if counts is not None else count_components(space)
+        res = stage_resolutions(space.input_size, space.patch_size, space.layout, len(space.stages))
+        self.resolutions = res
+        self.hierarchical = space.layout == "hierarchical"
+        get = self.counts.__getitem__
+        c0, cl = self.codec.stages[0], self.codec.stages[-1]
+        self._stem = np.array([get(stem_key(res[0], d)) for d in c0.dims], dtype=float)  # (dims, 2)
+        self._head = np.array([get(head_key(res[-1], d)) for d in cl.dims], dtype=float)
+        self._merge: list[np.ndarray | None] = [None]
+        self._block: list[np.ndarray] = []
+        for i, c in enumerate(self.codec.stages):
+            if i > 0:
+                prev = self.codec.stages[i - 1]
+                self._merge.append(np.array([[get(merge_key(i, res[i - 1], a, b)) for b in c.dims] for a in prev.dims],
+                                            dtype=float) if self.hierarchical else None)
+            block = np.full((len(c.dims), len(c.heads), len(c.ratios), len(c.options), len(c.ffns), 2, 2), np.nan)
+            for d, dim in enumerate(c.dims):
+                for h, heads in enumerate(c.heads):
+                    for r, ratio in enumerate(c.ratios):
+                        for o, opt in enumerate(c.options):
+                            for f, ffn in enumerate(c.ffns):
+                                if not c.ffn_allowed[o, f]:
+                                    continue
+                                stage = StageConfig(1, dim, heads, ratio, ffn, opt)
+                                for parity in (0, 1):
+                                    block[d, h, r, o, f, parity] = get(block_key(i, res[i], stage, parity))
+            self._block.append(block)
+
+    # ------------------------------------------------------------------------------------------ I/O
+    @classmethod
+    def for_space(cls, space: SearchSpace, cache: str | Path | None = None) -> CostTable:
+        """The table of ``space``, read from ``cache`` when it holds this space's counts, else counted (and
+        written there). A damaged or foreign cache file is recounted, never trusted."""
+        digest = _space_digest(space)
+        if cache is not None and Path(cache).is_file():
+            try:
+                data = json.loads(Path(cache).read_text())
+                if data.get("format") == COST_TABLE_FORMAT and data.get("space") == digest:
+                    counts = {k: (int(v[0]), int(v[1])) for k, v in data["counts"].items()}
+                    return cls(space, counts)
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                pass
+        table = cls(space)
+        if cache is not None:
+            atomic_write_text(cache, json.dumps(
+                {"format": COST_TABLE_FORMAT, "space": digest, "counts": table.counts}, indent=0, sort_keys=True))
+        return table
+
+    # ------------------------------------------------------------------------------------------ costs
+    def costs(self, genomes: np.ndarray) -> np.ndarray:
+        """(n, 2) GFLOPs and parameters of (n, stages, genes) genomes."""
+        g = np.asarray(genomes)
+        total = self._stem[g[:, 0, DIM]] + self._head[g[:, -1, DIM]]
+        for i, c in enumerate(self.codec.stages):
+            s = g[:, i]
+            if i > 0 and self._merge[i] is not None:
+                total = total + self._merge[i][g[:, i - 1, DIM], s[:, DIM]]
+            depth = np.asarray(c.depths)[s[:, DEPTH]]
+            per = self._block[i][s[:, DIM], s[:, HEADS], s[:, RATIO], s[:, MIXER], s[:, FFN]]  # (n, parity, 2)
+            total = total + ((depth + 1) // 2)[:, None] * per[:, 0] + (depth // 2)[:, None] * per[:, 1]
+        return np.column_stack([total[:, 0] / 1e9, total[:, 1]])
+
+    def arch_cost(self, arch: ArchConfig) -> tuple[float, int]:
+        """(GFLOPs, parameters) of one architecture."""
+        gflops, params = self.costs(self.codec.encode(arch)[None])[0]
+        return float(gflops), int(params)
+
+    def max_cost(self) -> tuple[float, int]:
+        """(GFLOPs, parameters) of the space's costliest architecture in each (exact: a pass over the stages
+        that keeps, per width of the stage, the costliest way to reach it)."""
+        out = []
+        for col in (0, 1):
+            best = self._stem[:, col].copy()  # per first-stage width
+            for i, c in enumerate(self.codec.stages):
+                depth = np.asarray(c.depths, dtype=float)
+                per = np.nanmax(self._block[i][..., col], axis=(1, 2, 3, 4))  # (dims, parity)
+                stage = np.max(((depth + 1) // 2)[None] * per[:, :1] + (depth // 2)[None] * per[:, 1:], axis=1)
+                if i > 0:
+                    merge = self._merge[i][..., col] if self._merge[i] is not None else 0.0
+                    best = np.max(best[:, None] + merge + np.zeros((len(best), len(c.dims))), axis=0)
+                best = best + stage
+            out.append(float(np.max(best + self._head[:, col])))
+        return out[0] / 1e9, int(out[1])
+
+
+__all__ = ["CostTable", "count_components"]

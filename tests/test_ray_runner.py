@@ -292,7 +292,9 @@ def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_pat
     assert not ray.is_initialized()  # the instance it started is shut down
     searched = table[~table["is_reference"]]
     assert len(searched) == 8 and list(searched["number"]) == list(range(8))
-    assert searched["feasible"].any() and not searched["feasible"].all()
+    # The default (guided) sampler and its warm start price candidates exactly (the cost table) and
+    # stay under the GFLOPs limit; infeasible trials on Ray are covered by the searcher test above.
+    assert searched["feasible"].all()
     disk = load_trials(run)
     assert list(disk["arch_id"]) == list(table["arch_id"]) and list(disk["number"]) == list(table["number"])
 

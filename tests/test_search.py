@@ -187,7 +187,7 @@ def test_limits_are_constraints_and_infeasible_trials_leave_the_front(tmp_path: 
         assert len(t.user_attrs["constraints"]) == 1  # handed to the sampler's constraints_func
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random", "gp"])
+@pytest.mark.parametrize("sampler", ["guided", "nsga2", "tpe", "random", "gp"])
 def test_every_sampler_runs(tmp_path: Path, sampler: str) -> None:
     space = SearchSpace.from_dict(TINY_SPACE)
     table = run_optuna_search(tmp_path, SearchSettings(trials=4, sampler=sampler, references=False),
@@ -305,7 +305,7 @@ def test_a_repeated_architecture_takes_no_trial_and_appears_once(tmp_path: Path)
     assert more.loc[front, "arch_id"].is_unique
 
 
-@pytest.mark.parametrize("sampler", ["nsga2", "tpe", "random"])
+@pytest.mark.parametrize("sampler", ["guided", "nsga2", "tpe", "random"])
 def test_a_killed_and_resumed_search_ends_where_an_uninterrupted_one_does(tmp_path: Path, sampler: str) -> None:
     """The samplers' random states are seeded per trial slot, so the resumed run suggests what the
     uninterrupted one did: the same architectures, in the same order, with the same numbers."""

@@ -143,15 +143,23 @@ class ArchCodec:
     def mutate(self, parents: np.ndarray, n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
         """(n, stages, genes) children of ``parents`` (drawn uniformly), each gene redrawn with
         probability ``rate`` and at least one gene changed per child (where the space allows it)."""
-        children = parents[rng.integers(0, len(parents), n)].copy()
+        picked = rng.integers(0, len(parents), n)
+        children = parents[picked].copy()
         fresh = self.random(n, rng)
         flip = rng.random(children.shape) < rate
-        # At least one flip per child, at a gene that has more than one value.
-        variable = np.flatnonzero((self.sizes > 1).reshape(-1))
+        children[flip] = fresh[flip]
+        # At least one gene per child takes another value: one with more than one value, not the FFN (a
+        # repair could undo that one).
+        sizes = self.sizes.copy()
+        sizes[:, FFN] = 1
+        variable = np.flatnonzero((sizes > 1).reshape(-1))
         if variable.size:
             forced = variable[rng.integers(0, variable.size, n)]
-            flip.reshape(n, -1)[np.arange(n), forced] = True
-        children[flip] = fresh[flip]
+            flat = children.reshape(n, -1)
+            size = sizes.reshape(-1)[forced]
+            before = parents.reshape(len(parents), -1)[picked, forced]  # the parent's value
+            shift = 1 + (rng.random(n) * (size - 1)).astype(np.int64)
+            flat[np.arange(n), forced] = (before + shift) % size
         # A changed mixer takes a fresh FFN of its own; the repair fixes pairs a flip made invalid.
         return self._repair(children)
 

@@ -23,7 +23,8 @@ For each new trial it:
    reference's cost, a network at least as accurate is what tells a user the search beat hand design;
    the hypervolume alone spends few evaluations near the most accurate, costliest end.
 
-Until ``min_observations`` candidates are scored it proposes uniform samples. Trials queued with fixed
+Until ``min_observations`` candidates are scored it proposes uniform samples (within the GFLOPs and
+parameter limits, by the cost table). Trials queued with fixed
 parameters (the warm start's ``enqueue_trial``) are left alone. Every draw comes from a generator seeded by
 the sampler's seed and the number of trials in the study, so a search killed and resumed proposes what an
 uninterrupted one would.
@@ -372,9 +373,18 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         return np.array(ref)
 
     def _unseen(self, genomes: np.ndarray, seen: set[bytes], rng: np.random.Generator) -> np.ndarray:
-        for g, k in zip(genomes, ArchCodec.keys(genomes)):
-            if k not in seen:
-                return g
+        """The first of ``genomes`` not seen yet and within the GFLOPs and parameter limits (by the cost
+        table), else the first unseen one, else the first."""
+        if self.limits[0] is not None or self.limits[1] is not None:
+            costs = self.cost_table.costs(genomes)
+            ok = self._within_limits(costs, np.zeros((len(genomes), len(self.objectives))))
+        else:
+            ok = np.ones(len(genomes), dtype=bool)
+        keys = ArchCodec.keys(genomes)
+        for want_ok in (True, False):
+            for g, k, fits in zip(genomes, keys, ok):
+                if k not in seen and (fits or not want_ok):
+                    return g
         return genomes[0]
 
 

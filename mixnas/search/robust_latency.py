@@ -71,6 +71,7 @@ class RobustLatency:
         tolerance: the largest ratio (rounds' spread, probe slowdown) a stable reading may show.
         retries: re-measurements of an unstable reading.
         pause_s: seconds to wait before a re-measurement (a burst of load may pass).
+        use_probe: time the probe workload between rounds (off: only the rounds' agreement counts).
     """
 
     device: str = "cpu"
@@ -81,11 +82,14 @@ class RobustLatency:
     tolerance: float = DEFAULT_TOLERANCE
     retries: int = 2
     pause_s: float = 0.2
+    use_probe: bool = True
     _probe_best_ms: float = field(default=float("inf"), repr=False)
     _probe_x: torch.Tensor | None = field(default=None, repr=False)
 
     def probe(self) -> float:
         """Time the fixed probe workload (ms) and return its slowdown over the fastest probe seen."""
+        if not self.use_probe:
+            return 1.0
         if self._probe_x is None:
             gen = torch.Generator().manual_seed(0)
             self._probe_x = torch.randn(192, 192, generator=gen).to(self.device)

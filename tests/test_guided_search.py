@@ -259,3 +259,27 @@ def test_versus_references_finds_the_best_cheaper_other_architecture() -> None:
     assert without_b["number"] == 1 and without_b["difference"] == pytest.approx(-0.2) and not without_b["beats"]
     nothing = versus_references(df[df["number"].isin([-1, 0, 4])], "gflops").iloc[0]
     assert nothing["number"] == -1 and math.isnan(nothing["difference"])
+
+
+def test_a_search_killed_while_the_sampler_proposes_resumes_cleanly(tmp_path: Path, monkeypatch) -> None:
+    """A kill between Optuna creating the trial and the sampler choosing its architecture leaves a trial
+    without parameters: the resumed search drops it and asks afresh, and the table ends complete."""
+    space = SearchSpace.from_dict(TINY_SPACE)
+    settings = SearchSettings(trials=12, objectives=("accuracy", "gflops"), references=False)
+    calls = {"n": 0}
+    original = GuidedSampler.propose
+
+    def dying(self, study, exclude=-1):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return original(self, study, exclude)
+
+    monkeypatch.setattr(GuidedSampler, "propose", dying)
+    evaluator = FakeEvaluator(space)
+    with pytest.raises(KeyboardInterrupt):
+        run_optuna_search(tmp_path, settings, evaluator, progress=False)
+    monkeypatch.setattr(GuidedSampler, "propose", original)
+    table = run_optuna_search(tmp_path, settings, FakeEvaluator(space, cache=dict(evaluator.cache)), progress=False)
+    assert list(table["number"]) == list(range(12)) and (table["state"] == "COMPLETE").all()
+    assert table["arch_id"].is_unique

@@ -17,15 +17,16 @@ For each new trial it:
    candidates, where candidates still being scored count at their predicted (not optimistic) point, so
    that concurrent Ray trials spread along the front instead of piling onto one spot;
 6. except every ``anchor_every``-th proposal, which goes to a warm-start architecture that no scored
-   architecture yet matches in accuracy at no more cost (the hand-designed references' networks are among
-   them): the candidate with the highest optimistic accuracy at no more predicted cost, from a pool that
-   also holds that architecture's neighbours one and two genes away. A front that holds, at each
+   architecture yet matches in accuracy at no more cost, each up to ``anchor_tries`` times (the
+   hand-designed references' networks are among them): the candidate with the highest optimistic
+   accuracy at no more predicted cost, from a pool that also holds that architecture's neighbours one
+   and two genes away. A front that holds, at each
    reference's cost, a network at least as accurate is what tells a user the search beat hand design;
    the hypervolume alone spends few evaluations near the most accurate, costliest end.
 
 Until ``min_observations`` candidates are scored it proposes uniform samples (within the GFLOPs and
-parameter limits, by the cost table). Trials queued with fixed
-parameters (the warm start's ``enqueue_trial``) are left alone. Every draw comes from a generator seeded by
+parameter limits, by the cost table). Trials queued with fixed parameters (the warm start's
+``enqueue_trial``) are left alone. Every draw comes from a generator seeded by
 the sampler's seed and the number of trials in the study, so a search killed and resumed proposes what an
 uninterrupted one would.
 """
@@ -48,6 +49,7 @@ from mixnas.search_space import SearchSpace
 from mixnas.trials import OBJECTIVES
 
 _PLAN = "mixnas:guided_plan"
+_ANCHOR = "mixnas:guided_anchor"  # the trial number of the warm-start architecture a proposal went after
 
 
 def _hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
@@ -85,13 +87,16 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         min_observations: scored candidates before the predictor is used (uniform samples until then).
         anchor_every: every this many proposals, try to beat a warm-start architecture at its own cost
             (step 6 of the module docstring); 0 never.
+        anchor_tries: proposals spent on one warm-start architecture at most (None: until it is beaten;
+            capping it at 2 or 4 lost references and no hypervolume on the demo).
     """
 
     def __init__(
         self, space: SearchSpace, objectives: Sequence[str], seed: int = 0,
         limits: tuple[float | None, float | None, float | None] = (None, None, None),
         cost_table: CostTable | None = None, cost_table_cache: str | None = None,
-        pool_size: int = 10_000, kappa: float = 1.0, min_observations: int = 8, anchor_every: int = 2,
+        pool_size: int = 10_000, kappa: float = 0.5, min_observations: int = 8, anchor_every: int = 2,
+        anchor_tries: int | None = None,
     ) -> None:
         unknown = [o for o in objectives if o not in OBJECTIVES]
         if unknown or "accuracy" not in objectives:
@@ -108,6 +113,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         self.kappa = kappa
         self.min_observations = min_observations
         self.anchor_every = anchor_every
+        self.anchor_tries = anchor_tries
         self._fallback = optuna.samplers.RandomSampler(seed=seed)
         self._genomes: dict[str, np.ndarray] = {}  # params json -> genome
         self.last_proposal: dict[str, Any] = {}  # what the last proposal was based on (for tests and logs)
@@ -132,6 +138,8 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         genome = self.propose(study, exclude=trial.number)
         params = self.space.params_of(self.codec.decode(genome))
         study._storage.set_trial_system_attr(trial._trial_id, _PLAN, params)
+        if "anchor" in self.last_proposal:
+            study._storage.set_trial_system_attr(trial._trial_id, _ANCHOR, self.last_proposal["anchor"])
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
@@ -160,6 +168,8 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         failed genomes)."""
         scored, values, feasible, pending, failed = [], [], [], [], []
         self._anchor_rows: list[int] = []
+        self._anchor_numbers: list[int] = []
+        self._anchor_tries: dict[int, int] = {}
         for t in study.get_trials(deepcopy=False):
             if t.number == exclude:
                 continue
@@ -169,9 +179,13 @@ class GuidedSampler(optuna.samplers.BaseSampler):
             g = self._genome(params)
             if g is None:
                 continue
+            if _ANCHOR in t.system_attrs:
+                a = int(t.system_attrs[_ANCHOR])
+                self._anchor_tries[a] = self._anchor_tries.get(a, 0) + 1
             if t.state == TrialState.COMPLETE and t.values is not None and np.all(np.isfinite(t.values)):
                 if "fixed_params" in t.system_attrs:  # queued by the warm start: an anchor
                     self._anchor_rows.append(len(scored))
+                    self._anchor_numbers.append(t.number)
                 scored.append(g)
                 values.append(list(t.values))
                 constraints = t.constraints or {}
@@ -257,6 +271,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                 best = int(idx[np.argmax((mean + self.kappa * std)[idx])])
                 self.last_proposal = {
                     "kind": "beat a warm-start architecture at its cost",
+                    "anchor": self._anchor_numbers[self._anchor_rows.index(anchor)],
                     "anchor_accuracy": float(values[anchor, acc_col]),
                     "scored": len(scored), "pool": len(pool), "predicted_accuracy": float(mean[best]),
                     "std": float(std[best]), "gflops": float(costs[best, 0]),
@@ -309,8 +324,9 @@ class GuidedSampler(optuna.samplers.BaseSampler):
             return None
         acc_col = self.objectives.index("accuracy")
         unbeaten = []
-        for a in self._anchor_rows:
-            if not feasible[a]:
+        for a, number in zip(self._anchor_rows, self._anchor_numbers):
+            tried = self._anchor_tries.get(number, 0)
+            if not feasible[a] or (self.anchor_tries is not None and tried >= self.anchor_tries):
                 continue
             others = np.ones(len(values), dtype=bool)
             others[a] = False

@@ -329,7 +329,12 @@ def _run_optuna_search(
     while done < settings.trials or resumed:
         if resumed:  # a trial the stopped process was scoring: finish it first
             trial = resumed.pop(0)
-            arch = evaluator.space.suggest(optuna.trial.FixedTrial(trial.params))
+            try:
+                arch = evaluator.space.suggest(optuna.trial.FixedTrial(trial.params))
+            except ValueError:  # stopped before its architecture was chosen: drop it, ask afresh
+                study.set_user_attr("interrupted", [*study.user_attrs.get("interrupted", []), trial.number])
+                study.tell(trial, state=TrialState.FAIL)
+                continue
         else:
             reseed(study.sampler, settings.seed, done, repeats)
             trial = study.ask()

@@ -37,7 +37,7 @@ from mixnas.results import load_trials
 from mixnas.run_dir import RunDir
 from mixnas.search import Limits
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
-from mixnas.search.optuna_runner import SearchSettings, make_sampler, run_optuna_search
+from mixnas.search.optuna_runner import SearchSettings, make_sampler, run_optuna_search, warm_start_archs
 from mixnas.search.ray_runner import (
     RUN_KEY,
     ConstrainedOptunaSearch,
@@ -295,6 +295,9 @@ def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_pat
     # The default (guided) sampler and its warm start price candidates exactly (the cost table) and
     # stay under the GFLOPs limit; infeasible trials on Ray are covered by the searcher test above.
     assert searched["feasible"].all()
+    # The warm start reaches Tune as points_to_evaluate: its architectures are the first trials.
+    warm = [a.arch_id for a in warm_start_archs(space, LIMITS, 8)]
+    assert warm and list(searched.sort_values("number")["arch_id"].iloc[:len(warm)]) == warm
     disk = load_trials(run)
     assert list(disk["arch_id"]) == list(table["arch_id"]) and list(disk["number"]) == list(table["number"])
 

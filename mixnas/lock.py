@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +41,16 @@ def _holder(path: Path) -> str:
 def _acquire(path: Path) -> int:
     """Open and lock ``path``; the descriptor of a file that is still the one at ``path``."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symbolic link: on shared storage it could point at another user's file
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+        except OSError as e:
+            kind = "a symbolic link" if path.is_symlink() else "not a regular file"
+            raise RunLockedError(f"{path}: the run directory's lock file is {kind} ({e.strerror}); mixnas "
+                                 f"neither follows nor replaces it: remove it and run the command again") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunLockedError(f"{path}: the run directory's lock file is not a regular file; remove it and "
+                                 f"run the command again")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -95,3 +95,20 @@ def test_a_lock_of_a_killed_process_is_taken_over(tmp_path: Path, capsys: pytest
     assert time.monotonic() - start < 5
     assert main(["search", str(run), "--trials", "1", "--quiet"]) == 2  # not locked now: fails for its own reason
     assert "another mixnas process" not in capsys.readouterr().err
+
+
+def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_left_alone(tmp_path: Path) -> None:
+    """On shared storage another user could plant the lock as a link to a file of the victim's: following
+    it would truncate that file and write the lock's JSON into it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (run / ".mixnas.lock").symlink_to(target)
+    with pytest.raises(RunLockedError, match="symbolic link"), drive(run, "search"):
+        pass
+    assert target.read_text() == "keep me\n"
+    (run / ".mixnas.lock").unlink()
+    (run / ".mixnas.lock").mkdir()
+    with pytest.raises(RunLockedError, match="not a regular file"), drive(run, "search"):
+        pass

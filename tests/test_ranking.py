@@ -233,6 +233,25 @@ def test_rank_check_refuses_an_unsearched_run(trained_run, tmp_path: Path,
     assert err.count("\n") == 1 and "not searched yet" in err and str(run) in err
 
 
+@pytest.mark.parametrize("forged", ["../../escaped", "/tmp/escaped-mixnas", "abcdef012345"])
+def test_a_forged_arch_id_never_becomes_a_path(searched: Path, tmp_path: Path, forged: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """arch_ids name the trainings' folders: one that is not its architecture's own 12 hex digits is refused
+    with one line before anything is trained or written."""
+    from mixnas.trials import load_trials, save_trials
+
+    run = tmp_path / "deep" / "run"
+    shutil.copytree(searched, run)
+    table = load_trials(run)
+    table.loc[table.index[0], "arch_id"] = forged
+    save_trials(table, run)
+    assert main(["rank-check", str(run), "--archs", "6", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "arch_id" in err and "trial 0" in err
+    assert not (run / "ranking").exists() or not any((run / "ranking").iterdir())
+    assert not (tmp_path / "escaped").exists() and not Path("/tmp/escaped-mixnas").exists()
+
+
 @pytest.mark.slow
 def test_rank_check_on_ray(searched: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"

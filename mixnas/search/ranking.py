@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -235,6 +236,26 @@ def _train(arch_dict: dict, out_dir: str, config: dict, device: str) -> float:
 Job = tuple[str, int, dict, dict, Path]  # arch_id, seed, architecture (dict), StandaloneConfig (dict), out dir
 
 
+def _check_arch_id(arch_id: Any, arch_json: str, number: int) -> None:
+    """An ``arch_id`` becomes a folder name: it must be the 12 hex digits of the row's own architecture, so
+    that a forged trial table (``../../x``, an absolute path) cannot send a training outside the run.
+
+    Raises:
+        ResultsError: naming the trial.
+    """
+    text = str(arch_id)
+    if not re.fullmatch(r"[0-9a-f]{12}", text):
+        raise ResultsError(f"trial table: trial {number}'s arch_id {text[:40]!r} is not 12 hex digits; "
+                           f"the table was altered (rerun mixnas search)")
+    try:
+        own = ArchConfig.from_dict(json.loads(arch_json)).arch_id
+    except (ValueError, TypeError, KeyError) as e:
+        raise ResultsError(f"trial table: trial {number}'s arch is not a valid architecture ({e})") from None
+    if own != text:
+        raise ResultsError(f"trial table: trial {number}'s arch_id {text} is not its architecture's ({own}); "
+                           f"the table was altered (rerun mixnas search)")
+
+
 def _jobs(run: RunDir, picks: pd.DataFrame, settings: RankSettings, data: str, data_seed: int) -> list[Job]:
     # Every training uses the supernet's dataset (its digits renders and split): seeds change the training
     # only, so seed-to-seed differences and the comparison with the supernet are measured on the same images.
@@ -243,6 +264,7 @@ def _jobs(run: RunDir, picks: pd.DataFrame, settings: RankSettings, data: str, d
     jobs = []
     for _, row in picks.iterrows():
         arch = json.loads(row["arch"])
+        _check_arch_id(row["arch_id"], row["arch"], int(row["number"]))
         for s in range(settings.seeds):
             config = asdict(replace(base, seed=s))
             jobs.append((row["arch_id"], s, arch, config, run.ranking_dir / f"{row['arch_id']}-seed{s}"))

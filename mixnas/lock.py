@@ -16,6 +16,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import socket
 import stat
 from collections.abc import Iterator
@@ -68,6 +69,28 @@ def _acquire(path: Path) -> int:
         os.close(fd)  # the holder released and removed the file between our open and our lock: retry
 
 
+# ``mixnas.atomic`` names its temporaries ``.<name>.<random>.tmp`` beside their target.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the temporaries an atomic write left when its process was killed (``kill -9`` during export or
+    page writing), anywhere under ``run_dir``; returns them. Called with the run directory's lock held, so
+    no live mixnas process is writing them. Links are neither followed nor removed, and a folder inside
+    that is a run directory of its own (a rank-check training, a nested run) is left to its own driver."""
+    removed = []
+    for folder, dirs, files in os.walk(run_dir, followlinks=False):
+        dirs[:] = [d for d in dirs if not any((Path(folder) / d / own).exists()
+                                              for own in (RunDir.LOCK, RunDir.TRAIN_CONFIG))]
+        for name in files:
+            path = Path(folder) / name
+            if _TEMPORARY.match(name) and path.is_file() and not path.is_symlink():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def drive(run_dir: str | Path, command: str, create: bool = True) -> Iterator[None]:
     """Hold the run directory's lock for the duration of ``command``.
@@ -103,6 +126,7 @@ def drive(run_dir: str | Path, command: str, create: bool = True) -> Iterator[No
     os.ftruncate(fd, 0)
     os.write(fd, (json.dumps(info) + "\n").encode())
     _HELD[key] = (fd, 1)
+    remove_stale_temporaries(run.path)
     try:
         yield
     finally:

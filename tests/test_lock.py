@@ -112,3 +112,23 @@ def test_a_lock_file_that_is_a_symlink_is_refused_and_its_target_left_alone(tmp_
     (run / ".mixnas.lock").mkdir()
     with pytest.raises(RunLockedError, match="not a regular file"), drive(run, "search"):
         pass
+
+
+def test_the_next_driver_removes_temporaries_a_killed_write_left(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "pages").mkdir(parents=True)
+    (run / "exported").mkdir()
+    left = [run / ".trials.csv.k2j3h4.tmp", run / "pages" / ".index.html.a_b9.tmp",
+            run / "exported" / ".trial0001.safetensors.x1y2.tmp"]
+    for path in left:
+        path.write_bytes(b"half written")
+    (run / "ranking" / "abc-seed0").mkdir(parents=True)
+    (run / "ranking" / "abc-seed0" / RunDir.TRAIN_CONFIG).write_text("{}")
+    keep = [run / "notes.tmp", run / "pages" / "index.html", run / ".hidden",
+            run / "ranking" / "abc-seed0" / ".checkpoint.pt.q1w2.tmp"]  # a nested run's own, left to it
+    for path in keep:
+        path.write_text("mine")
+    with drive(run, "results"):
+        pass
+    assert not any(p.exists() for p in left)
+    assert all(p.read_text() == "mine" for p in keep)

@@ -30,6 +30,41 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share in [0, 1) (label smoothing)."""
+    value = nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
+    return value
+
+
+def percent(text: str) -> float:
+    value = nonnegative_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -119,13 +154,14 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int, batch_size: 
     p.add_argument("--out", required=True, type=Path, help="run directory (created; resumed when it exists)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per step (per process)")
     p.add_argument("--lr", type=positive_float, default=lr, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up epochs")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="label smoothing of the cross-entropy")
-    p.add_argument("--clip-grad", type=float, default=5.0, help="gradient-norm clip (0 disables)")
+    p.add_argument("--weight-decay", type=nonnegative_float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=1.0, help="linear warm-up epochs")
+    p.add_argument("--label-smoothing", type=fraction, default=0.1, help="label smoothing of the cross-entropy")
+    p.add_argument("--clip-grad", type=nonnegative_float, default=5.0, help="gradient-norm clip (0 disables)")
     p.add_argument("--seed", type=int, default=0, help="seeds data order, augmentation and sampling")
-    p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on steps per epoch (0: whole training set)")
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--steps-per-epoch", type=nonnegative_int, default=0,
+                   help="cap on steps per epoch (0: whole training set)")
+    p.add_argument("--workers", type=nonnegative_int, default=0, help="DataLoader worker processes")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
@@ -249,18 +285,20 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-lut", type=Path, default=None, help="lookup table (mixnas latency build-lut)")
     p.add_argument("--latency-batch-size", type=positive_int, default=1, help="batch size for measured latency")
     p.add_argument("--latency-runs", type=positive_int, default=20, help="timed runs per candidate")
-    p.add_argument("--train-epochs", type=int, default=0, help="fine-tune each candidate this many epochs first")
-    p.add_argument("--finetune-steps", type=int, default=0, help="cap on fine-tuning steps per epoch (0: all)")
-    p.add_argument("--val-limit", type=int, default=0, help="score on at most this many validation images")
-    p.add_argument("--flops-images", type=int, default=0,
+    p.add_argument("--train-epochs", type=nonnegative_int, default=0,
+                   help="fine-tune each candidate this many epochs first")
+    p.add_argument("--finetune-steps", type=nonnegative_int, default=0,
+                   help="cap on fine-tuning steps per epoch (0: all)")
+    p.add_argument("--val-limit", type=nonnegative_int, default=0, help="score on at most this many validation images")
+    p.add_argument("--flops-images", type=nonnegative_int, default=0,
                    help="validation images whose FLOPs are averaged for DGE candidates (0: all scored ones)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu", help="where candidates are scored")
     p.add_argument("--seed", type=int, default=0, help="the sampler's seed")
     p.add_argument("--no-references", action="store_true", help="skip the hand-designed reference architectures")
     p.add_argument("--backend", choices=["optuna", "ray"], default="optuna", help="optuna in process, or Ray Tune")
     p.add_argument("--address", default=None, help="Ray cluster address (auto, or HOST:PORT); default: local Ray")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial")
+    p.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="Ray: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=nonnegative_float, default=0.0, help="Ray: GPUs per trial")
     p.add_argument("--max-concurrent", type=positive_int, default=2, help="Ray: trials at once")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_search)
@@ -382,7 +420,7 @@ def add_lut_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1, help="images per forward pass")
     p.add_argument("--out", required=True, type=Path, help="the table (JSON) to write")
     p.add_argument("--runs", type=positive_int, default=DEFAULT_RUNS, help="timed runs per component (median)")
-    p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="untimed runs before them")
+    p.add_argument("--warmup", type=nonnegative_int, default=DEFAULT_WARMUP, help="untimed runs before them")
     p.add_argument("--calibration-archs", type=positive_int, default=8,
                    help="random networks measured whole to calibrate (besides the largest and smallest)")
     p.add_argument("--max-seconds", type=positive_float, default=None,
@@ -426,15 +464,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=positive_int, default=10, help="batches for BatchNorm recalibration")
     p.add_argument("--num-classes", type=positive_int, default=None,
                    help="classes of the head (default: the space's; 'num_classes: auto' takes the dataset's)")
-    p.add_argument("--num-random", type=int, default=2, help="random architectures per step (sandwich rule)")
+    p.add_argument("--num-random", type=nonnegative_int, default=2,
+                   help="random architectures per step (sandwich rule)")
     p.add_argument("--no-distill", action="store_true", help="train every architecture on the labels")
     p.add_argument("--rotate-mixers", action="store_true",
                    help="the sandwich's largest and smallest take each mixer in turn (default: the first listed)")
-    p.add_argument("--distill-min-teacher-acc", type=float, default=0.0,
+    p.add_argument("--distill-min-teacher-acc", type=percent, default=0.0,
                    help="distil only from a teacher at least this accurate (%%) on the batch; labels before")
     p.add_argument("--fair", action="store_true",
                    help="FairNAS: each step's random architectures use every mixer of every stage once")
-    p.add_argument("--budget-weight", type=float, default=1.0, help="weight of DGE's budget loss")
+    p.add_argument("--budget-weight", type=nonnegative_float, default=1.0, help="weight of DGE's budget loss")
     p.add_argument("--init-weights", type=Path, default=None, metavar="RUN_OR_FILE",
                    help="start from another supernet's weights (a wider space's run directory or .safetensors; "
                         "e.g. a few-shot part narrowed with fewer mixers); ignored when resuming")
@@ -468,12 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", type=positive_int, default=12, help="architectures to train (K)")
     p.add_argument("--epochs", type=positive_int, default=15, help="standalone epochs each")
     p.add_argument("--seeds", type=positive_int, default=1, help="training seeds per architecture (averaged)")
-    p.add_argument("--steps-per-epoch", type=int, default=0, help="cap on steps per epoch (0: whole training set)")
+    p.add_argument("--steps-per-epoch", type=nonnegative_int, default=0,
+                   help="cap on steps per epoch (0: whole training set)")
     p.add_argument("--backend", choices=["local", "ray"], default="local",
                    help="local: one after the other; ray: Ray tasks side by side")
     p.add_argument("--address", default=None, help="Ray cluster address; default: a local instance")
-    p.add_argument("--cpus-per-task", type=float, default=1.0, help="Ray: CPUs per training")
-    p.add_argument("--gpus-per-task", type=float, default=0.0, help="Ray: GPUs per training")
+    p.add_argument("--cpus-per-task", type=positive_float, default=1.0, help="Ray: CPUs per training")
+    p.add_argument("--gpus-per-task", type=nonnegative_float, default=0.0, help="Ray: GPUs per training")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_rank_check)

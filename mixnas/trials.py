@@ -197,8 +197,11 @@ def _as_int(col: pd.Series) -> pd.Series:
     num = pd.to_numeric(col, errors="raise")
     if num.isna().any():
         raise ValueError("a missing value")
-    if not np.all(np.mod(num.to_numpy(dtype="float64"), 1) == 0):
+    values = num.to_numpy(dtype="float64")
+    if not np.all(np.isfinite(values)) or not np.all(np.mod(values, 1) == 0):
         raise ValueError("a non-integer value")
+    if np.any(np.abs(values) >= 2**53):  # beyond this a float64 no longer holds every integer: int64 would wrap
+        raise ValueError("an integer out of range")
     return num.astype("int64")
 
 

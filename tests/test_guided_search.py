@@ -3,8 +3,10 @@ start, robust latency, the space-derived reference point and the comparison with
 
 from __future__ import annotations
 
+import json as _json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,17 @@ from mixnas.search._shared import Limits, trial_record
 from mixnas.search.cost import model_gflops
 from mixnas.search.cost_table import CostTable
 from mixnas.search.encoding import ArchCodec
+from mixnas.search.evaluator import CandidateEvaluator
 from mixnas.search.guided import GuidedSampler
 from mixnas.search.optuna_runner import SearchSettings, open_study, run_optuna_search, warm_start_archs
 from mixnas.search.predictor import AccuracyPredictor, kendall_tau
 from mixnas.search.profiler import count_params
 from mixnas.search.robust_latency import RobustLatency
+from mixnas.supernet import Supernet
+from mixnas.supernet.checkpoint import save_weights
+from mixnas.training import TrainConfig
 from mixnas.trials import TRIAL_COLUMNS
-from tests.test_search import TINY_SPACE, FakeEvaluator
+from tests.test_search import FAST, TINY_SPACE, FakeEvaluator
 
 
 @pytest.fixture(scope="module")
@@ -283,3 +289,30 @@ def test_a_search_killed_while_the_sampler_proposes_resumes_cleanly(tmp_path: Pa
     table = run_optuna_search(tmp_path, settings, FakeEvaluator(space, cache=dict(evaluator.cache)), progress=False)
     assert list(table["number"]) == list(range(12)) and (table["state"] == "COMPLETE").all()
     assert table["arch_id"].is_unique
+
+
+@pytest.mark.parametrize("forged", [
+    "[1, 2, 3]", '{"settings": 1}', "not json", '{"arch": {}, "settings": "%s", "result": {"accuracy": "high"}}',
+    '{"arch": "%s", "settings": "%s", "result": {"accuracy": 1e999}}',
+])
+def test_a_damaged_or_forged_cache_entry_is_scored_again(tmp_path: Path, forged: str) -> None:
+    """The evaluator's cache lives in a run directory other users may write: an entry it cannot trust is
+    recomputed, never a traceback and never a number taken on faith."""
+    run = tmp_path / "run"
+    run.mkdir()
+    space = SearchSpace.from_dict(TINY_SPACE)
+    (run / "space.yaml").write_text(space.to_yaml())
+    (run / "train_config.json").write_text(_json.dumps(asdict(TrainConfig(data="digits", epochs=1))))
+    save_weights(Supernet(space), run / "supernet.safetensors")
+    evaluator = CandidateEvaluator(run, FAST)
+    arch = space.sample(0)
+    key = evaluator.settings.cache_key().replace('"', '\\"')
+    text = forged.replace("%s", key, 1) if forged.count("%s") == 1 else forged
+    if forged.count("%s") == 2:
+        text = forged % (_json.dumps(arch.to_dict()).replace('"', '\\"'), key)
+    path = evaluator._cache_path(arch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    result = evaluator.evaluate(arch)
+    assert result["cached"] is False and 0 <= result["accuracy"] <= 100
+    assert CandidateEvaluator(run, FAST).evaluate(arch)["cached"] is True  # the rewritten entry is trusted

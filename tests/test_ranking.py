@@ -265,3 +265,28 @@ def test_rank_check_on_ray(searched: Path, tmp_path: Path) -> None:
     rank_check(local, RankSettings(archs=2, epochs=1, steps_per_epoch=2, device="cpu"), progress=False)
     # The same trainings, the same code: the same accuracies in a Ray worker as in process.
     assert list(load_ranking(local)[0]["standalone_accuracy"]) == list(table["standalone_accuracy"])
+
+
+@pytest.mark.parametrize("summary", ["{broken", "[]", '{"kendall_tau": "high"}', "{" * 50000])
+def test_a_damaged_ranking_summary_is_one_line(tmp_path: Path, summary: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from mixnas.errors import ResultsError
+
+    folder = tmp_path / "ranking"
+    folder.mkdir()
+    pd.DataFrame({"arch_id": ["a"], "epochs": [1]}).to_parquet(folder / "ranking.parquet")
+    (folder / "summary.json").write_text(summary)
+    with pytest.raises(ResultsError, match="summary.json"):
+        load_ranking(tmp_path)
+
+
+def test_a_trial_number_beyond_int64_is_refused_not_wrapped() -> None:
+    from mixnas.errors import ResultsError
+    from mixnas.trials import TRIAL_COLUMNS, check_trials
+
+    row = {c: "" for c in TRIAL_COLUMNS} | {"number": 2**70, "state": "COMPLETE", "accuracy": 1.0, "gflops": 1.0,
+                                            "gflops_min": 1.0, "gflops_max": 1.0, "params": 10, "latency_ms": 1.0,
+                                            "latency_p90_ms": 1.0, "eval_seconds": 1.0, "feasible": True,
+                                            "is_reference": False, "latency_unstable": False}
+    with pytest.raises(ResultsError, match="number"):
+        check_trials(pd.DataFrame([row]))

@@ -28,7 +28,7 @@ import torch
 
 from mixnas.atomic import atomic_write_text
 from mixnas.device import resolve_device
-from mixnas.errors import CheckpointError, ConfigError
+from mixnas.errors import CheckpointError, ConfigError, MixnasError
 from mixnas.run_dir import RunDir
 from mixnas.search.cost import is_input_dependent, model_gflops
 from mixnas.search.cost_table import CostTable
@@ -175,12 +175,14 @@ class CandidateEvaluator:
             return None
         try:
             entry = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError, RecursionError):
             return None  # a damaged cache entry is recomputed, never trusted
-        if entry.get("settings") != self.settings.cache_key():
-            return None
-        self._memory[arch.arch_id] = entry["result"]
-        return entry["result"]
+        result = entry.get("result") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or entry.get("settings") != self.settings.cache_key() \
+                or not _valid_result(result) or _arch_id_of(entry.get("arch")) != arch.arch_id:
+            return None  # another architecture's, other settings', or forged: recomputed
+        self._memory[arch.arch_id] = result
+        return result
 
     # ----------------------------------------------------------------------------------------- scoring
     def evaluate(self, arch: ArchConfig) -> dict[str, Any]:
@@ -236,6 +238,24 @@ class CandidateEvaluator:
             "latency_unstable": reading.unstable, "latency_rounds_ms": ",".join(f"{r:.4g}" for r in reading.rounds_ms),
             "latency_load": reading.load, "latency_attempts": reading.attempts,
         }
+
+
+def _arch_id_of(arch: Any) -> str | None:
+    try:
+        return ArchConfig.from_dict(arch).arch_id
+    except (MixnasError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
+        return None
+
+
+def _valid_result(result: Any) -> bool:
+    """A cached result has every number the trial table reads, each a finite number (latency may be NaN)."""
+    if not isinstance(result, dict):
+        return False
+    for key in ("accuracy", "params", "gflops", "gflops_min", "gflops_max"):
+        value = result.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+    return 0 <= result["accuracy"] <= 100 and 0 <= result["params"] < 2**53
 
 
 def save_settings(run_dir: str | Path, settings: EvalSettings) -> None:

@@ -355,7 +355,22 @@ def load_ranking(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]] | N
     folder = RunDir(run_dir).ranking_dir
     if not (folder / RANKING_FILE).is_file() or not (folder / SUMMARY_FILE).is_file():
         return None
-    return pd.read_parquet(folder / RANKING_FILE), json.loads((folder / SUMMARY_FILE).read_text())
+    try:
+        table = pd.read_parquet(folder / RANKING_FILE)
+    except Exception as e:  # pyarrow raises many types; all mean "not a ranking table"
+        raise ResultsError(f"{folder / RANKING_FILE}: cannot be read ({type(e).__name__}); run mixnas rank-check "
+                           f"again") from None
+    try:
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise ResultsError(f"{folder / SUMMARY_FILE}: cannot be read ({type(e).__name__}); run mixnas rank-check "
+                           f"again") from None
+    needed = ("kendall_tau", "n", "top3_overlap", "standalone_span")
+    if not isinstance(summary, dict) or any(k not in summary for k in needed) or not all(
+            isinstance(summary[k], (int, float)) and not isinstance(summary[k], bool) for k in needed):
+        raise ResultsError(f"{folder / SUMMARY_FILE}: not a ranking summary (needs the numbers {', '.join(needed)}); "
+                           f"run mixnas rank-check again")
+    return table, summary
 
 
 def format_summary(stats: dict[str, Any]) -> str:

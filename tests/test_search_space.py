@@ -316,3 +316,44 @@ def test_non_finite_numbers_in_a_space_are_refused(field: str, text: str) -> Non
         SearchSpace.from_dict(d, source="space.yaml")
     msg = str(err.value)
     assert msg.startswith(f"space.yaml: {where}: ") and "finite" in msg and "\n" not in msg
+
+
+BILLION_LAUGHS = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+"""
+
+
+@pytest.mark.parametrize("text,says", [
+    (BILLION_LAUGHS, "aliases expand"),
+    ("a: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+def test_hostile_yaml_is_one_line_and_quick(tmp_path, text: str, says: str) -> None:
+    import time
+
+    from mixnas.errors import ConfigError
+
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    t0 = time.perf_counter()
+    for load in (ArchConfig.from_yaml, SearchSpace.from_yaml):
+        with pytest.raises(ConfigError, match=says) as info:
+            load(path)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 400
+    assert time.perf_counter() - t0 < 10  # refused before anything is expanded
+
+
+def test_a_config_with_a_few_anchors_still_loads(tmp_path) -> None:
+    path = tmp_path / "anchored.yaml"
+    stage = "{depth: 1, dim: 16, heads: 2, mlp_ratio: 2.0, ffn: mlp, mixer: {type: dwconv, kernel_size: 3}}"
+    path.write_text(f"name: x\ninput_size: 32\nnum_classes: 10\npatch_size: 8\nlayout: hierarchical\n"
+                    f"stages:\n  - &s {stage}\n  - *s\n")
+    arch = ArchConfig.from_yaml(path)
+    assert len(arch.stages) == 2 and arch.stages[0] == arch.stages[1]

@@ -400,6 +400,42 @@ class ArchConfig:
         )
 
 
+# A config or a space has a few hundred nodes; an alias bomb ("billion laughs") expands 770 bytes into 10^9.
+MAX_CONFIG_NODES = 10_000
+
+
+class _BoundedYAMLLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand beyond ``MAX_CONFIG_NODES`` nodes,
+    checked on the composed graph (each node's expanded size computed once) before anything is built."""
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = MAX_CONFIG_NODES + 1  # a node reached again while being sized: a cycle
+    if isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(v, sizes) for v in node.value)
+    else:
+        total = 1
+    sizes[id(node)] = min(total, MAX_CONFIG_NODES + 1)
+    return sizes[id(node)]
+
+
+def _safe_yaml(text: str) -> Any:
+    loader = _BoundedYAMLLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise ValueError(f"its aliases expand to more than {MAX_CONFIG_NODES} values")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _load_file(path: str | Path, kind: str) -> Any:
     p = Path(path)
     if not p.is_file():
@@ -409,10 +445,14 @@ def _load_file(path: str | Path, kind: str) -> Any:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot be read ({e.__class__.__name__})") from None
     try:
-        data = json.loads(text) if kind == "json" else yaml.safe_load(text)
+        data = json.loads(text) if kind == "json" else _safe_yaml(text)
     except (yaml.YAMLError, json.JSONDecodeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else e.__class__.__name__
-        raise ConfigError(f"{p}: not valid {kind.upper()} ({first})") from None
+        raise ConfigError(f"{p}: not valid {kind.upper()} ({first[:200]})") from None
+    except ValueError as e:
+        raise ConfigError(f"{p}: refused: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a {kind.upper()} config") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data

@@ -7,12 +7,19 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from mixnas.errors import StorageError
+
+_HINT = "the previous version, if any, is unchanged: free space or fix the permissions and run the command again"
+
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it into place."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as e:
+        raise StorageError(f"{p}: cannot be written ({e.strerror or type(e).__name__}); {_HINT}") from None
     os.close(fd)
     try:
         write(tmp)
@@ -20,6 +27,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, StorageError):
+            raise
+        raise StorageError(f"{p}: cannot be written ({e.strerror or type(e).__name__}); {_HINT}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -35,6 +35,11 @@ class LUTError(MixnasError, ValueError):
     """A latency table is missing, corrupt, from another version, or lacks a component an architecture uses."""
 
 
+class StorageError(MixnasError, OSError):
+    """A result, checkpoint or page could not be written (a read-only or full disk, no permission); the
+    message names the file and the reason, and the file is left as it was (writes are atomic)."""
+
+
 class UsageError(MixnasError):
     """A command was asked for something that does not make sense (conflicting or missing options)."""
 
@@ -50,5 +55,5 @@ def where(source: str | None, path: str) -> str:
 
 __all__ = [
     "CheckpointError", "ConfigError", "DataError", "LUTError", "MixnasError", "ResultsError", "RunLockedError",
-    "UsageError", "where",
+    "StorageError", "UsageError", "where",
 ]

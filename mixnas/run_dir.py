@@ -7,7 +7,8 @@ A supernet run directory (``mixnas supernet train --out``) holds::
     checkpoint.pt         full training state after the last finished epoch (torch.save, read weights_only)
     supernet.safetensors  the weights alone, for search and export
     metrics.csv           one row per finished epoch
-    search/               journal.log (the Optuna study), eval_settings.json, cache/ (one JSON per scored
+    search/               journal.log (the Optuna study), eval_settings.json, weights.json (the digest of
+                          the supernet weights the search scored with), cache/ (one JSON per scored
                           architecture), cost_table.json (FLOPs and parameters per component of the
                           space), ray/ (the Ray Tune experiment)
     trials.parquet, trials.csv    the trial table
@@ -20,6 +21,7 @@ A standalone training directory (``mixnas train --out``, ``kind="training"``) ho
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
@@ -61,6 +63,7 @@ class RunDir:
     SEARCH = "search"
     JOURNAL = "journal.log"
     EVAL_SETTINGS = "eval_settings.json"
+    SEARCH_WEIGHTS = "weights.json"
     CACHE = "cache"
     COST_TABLE = "cost_table.json"
     RAY = "ray"
@@ -131,6 +134,11 @@ class RunDir:
         return self.search_dir / self.CACHE
 
     @property
+    def search_weights_file(self) -> Path:
+        """The digest of the supernet weights a search scored its candidates with."""
+        return self.search_dir / self.SEARCH_WEIGHTS
+
+    @property
     def cost_table(self) -> Path:
         """FLOPs and parameters of every component of the space (``mixnas.search.cost_table``)."""
         return self.search_dir / self.COST_TABLE
@@ -195,6 +203,22 @@ class RunDir:
         if not is_dataclass(settings):
             raise TypeError(f"settings must be a dataclass, got {type(settings).__name__}")
         atomic_write_text(path or self.config_file, json.dumps(asdict(settings), indent=2) + "\n")
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the supernet's weights file (``supernet.safetensors``): what every cached score and a
+        search's trials are keyed to, so that weights trained further never mix with earlier scores.
+
+        Raises:
+            CheckpointError: the weights file is missing or unreadable.
+        """
+        digest = hashlib.sha256()
+        try:
+            with open(self.weights, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        except OSError as e:
+            raise CheckpointError(f"{self.weights}: cannot be read ({e.strerror or type(e).__name__})") from None
+        return digest.hexdigest()
 
     def check_settings(self, settings: Any, path: Path | None = None) -> None:
         """Refuse settings that differ from the stored ones (``epochs`` may grow); nothing stored: fine.

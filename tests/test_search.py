@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -322,3 +322,25 @@ def test_a_killed_and_resumed_search_ends_where_an_uninterrupted_one_does(tmp_pa
                                 progress=False)
     assert list(resumed["arch_id"]) == list(straight["arch_id"])
     assert list(resumed["number"]) == list(straight["number"]) == list(range(12))
+
+
+def test_scores_are_keyed_to_the_weights_and_a_changed_supernet_is_refused(trained: Path, tmp_path: Path) -> None:
+    """Trained further, the supernet's old scores must neither be reused from the cache nor mixed with new
+    ones in the same trial table."""
+    from mixnas.supernet import Supernet
+    from mixnas.supernet.checkpoint import save_weights
+
+    run = copy_run(trained, tmp_path)
+    settings = SearchSettings(trials=2, objectives=("accuracy", "gflops"), sampler="random", references=False)
+    evaluator = CandidateEvaluator(run, FAST)
+    run_optuna_search(run, settings, evaluator, progress=False)
+    arch = ArchConfig.from_dict(json.loads(load_trials(run)["arch"].iloc[0]))
+    assert CandidateEvaluator(run, FAST).evaluate(arch)["cached"] is True
+    space = SearchSpace.from_yaml(run / "space.yaml")
+    torch.manual_seed(123)
+    save_weights(Supernet(space), run / "supernet.safetensors")  # "trained further": other weights
+    assert CandidateEvaluator(run, FAST).evaluate(arch)["cached"] is False
+    with pytest.raises(ConfigError, match="supernet changed") as info:
+        run_optuna_search(run, replace(settings, trials=3), CandidateEvaluator(run, FAST), progress=False)
+    assert "\n" not in str(info.value)
+    assert len(load_trials(run)) == 2  # nothing added

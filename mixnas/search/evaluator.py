@@ -3,7 +3,8 @@
 For one architecture: take the supernet's weights for it (``Supernet.extract``), optionally fine-tune it
 for a few epochs, recalibrate its BatchNorm on training batches, measure top-1 on the validation split,
 count parameters and GFLOPs (DGE: mean, min and max over validation images) and measure latency on a
-device or predict it from a lookup table. A static network's GFLOPs come from the space's ``CostTable``
+device or predict it from a lookup table. Every cached result is keyed to the supernet weights' digest, so
+a supernet trained further never reuses an earlier score. A static network's GFLOPs come from the space's ``CostTable``
 (exact, without tracing the network); an input-dependent one (DGE) is traced per image. Results are cached
 by ``arch_id`` on disk (``RUN_DIR/search/cache/<arch_id>.json``), so an architecture suggested twice,
 by a resumed search or by another Ray worker on the same storage, is evaluated once.
@@ -121,6 +122,7 @@ class CandidateEvaluator:
             raise CheckpointError(f"{weights}: missing; train the supernet first (mixnas supernet train)")
         self.device = resolve_device(self.settings.device)
         self.supernet = load_weights(Supernet(self.space), weights).eval()
+        self.weights_digest = self.run.weights_digest()
         self.data = load_dataset(self.train_config.data, self.space.input_size, seed=self.train_config.seed)
         val = self.data.val
         if self.settings.val_limit and self.settings.val_limit < len(val):
@@ -179,8 +181,9 @@ class CandidateEvaluator:
             return None  # a damaged cache entry is recomputed, never trusted
         result = entry.get("result") if isinstance(entry, dict) else None
         if not isinstance(entry, dict) or entry.get("settings") != self.settings.cache_key() \
+                or entry.get("weights") != self.weights_digest \
                 or not _valid_result(result) or _arch_id_of(entry.get("arch")) != arch.arch_id:
-            return None  # another architecture's, other settings', or forged: recomputed
+            return None  # another architecture's, other settings' or weights', or forged: recomputed
         self._memory[arch.arch_id] = result
         return result
 
@@ -208,7 +211,8 @@ class CandidateEvaluator:
         self._memory[arch.arch_id] = result
         atomic_write_text(
             self._cache_path(arch),
-            json.dumps({"arch": arch.to_dict(), "settings": self.settings.cache_key(), "result": result}, indent=1),
+            json.dumps({"arch": arch.to_dict(), "settings": self.settings.cache_key(), "weights": self.weights_digest,
+                        "result": result}, indent=1),
         )
         return dict(result, cached=False)
 

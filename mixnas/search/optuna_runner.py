@@ -34,6 +34,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from mixnas.atomic import atomic_write_text
 from mixnas.errors import ConfigError
 from mixnas.lock import drive
 from mixnas.run_dir import RunDir
@@ -183,17 +184,39 @@ def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace | Non
     return study
 
 
-def check_settings(run_dir: Path, settings: EvalSettings) -> None:
-    """A resumed search must score candidates as before; the first run records how."""
-    if RunDir(run_dir).eval_settings_file.is_file():
+def check_settings(run_dir: Path, settings: EvalSettings, weights_digest: str | None = None) -> None:
+    """A resumed search must score candidates as before, with the same supernet weights; the first run
+    records both.
+
+    Raises:
+        ConfigError: other scoring settings, or weights that changed since (trained further): the new
+            scores would mix with the old ones in one table.
+    """
+    run = RunDir(run_dir)
+    if run.eval_settings_file.is_file():
         previous = load_settings(run_dir)
         if previous.cache_key() != settings.cache_key():
             changed = [k for k, v in asdict(settings).items()
                        if getattr(previous, k) != v and k != "latency_max_seconds"]
             raise ConfigError(
-                f"{RunDir(run_dir).eval_settings_file}: this search scored candidates with other settings "
+                f"{run.eval_settings_file}: this search scored candidates with other settings "
                 f"({', '.join(changed)}); use the same options or another run directory"
             )
+    if weights_digest is not None:
+        stored = None
+        if run.search_weights_file.is_file():
+            try:
+                stored = json.loads(run.search_weights_file.read_text()).get("sha256")
+            except (OSError, ValueError, AttributeError):
+                stored = None
+        if stored is not None and stored != weights_digest:
+            raise ConfigError(
+                f"{run.weights}: the supernet changed since this search scored its candidates (trained further?); "
+                f"its new scores would mix with the old ones: search in another run directory, or remove "
+                f"{run.search_dir} and the trial table to search again from the start"
+            )
+        if stored is None:
+            atomic_write_text(run.search_weights_file, json.dumps({"sha256": weights_digest}) + "\n")
     save_settings(run_dir, settings)
 
 
@@ -308,7 +331,7 @@ def _run_optuna_search(
 ) -> pd.DataFrame:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(run_dir, settings, evaluator.space)
-    check_settings(run_dir, evaluator.settings)
+    check_settings(run_dir, evaluator.settings, getattr(evaluator, "weights_digest", None))
     objectives = list(settings.objectives)
     done = finished_count(study)
     seen = first_trials_by_arch(study)

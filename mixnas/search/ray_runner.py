@@ -706,7 +706,8 @@ def _run_ray_search(
     storage = run.search_dir
     experiment = run.ray_dir
     check_experiment(experiment, settings)
-    check_settings(run_dir, evaluation)  # as the Optuna runner: a search scores all its candidates alike
+    # As the Optuna runner: a search scores all its candidates alike, with the same weights.
+    check_settings(run_dir, evaluation, run.weights_digest())
 
     started = start_ray(ray_settings, say=print if progress else None)
     try:

@@ -431,3 +431,32 @@ def test_loader_drop_last_sampler_and_workers() -> None:
     workers = make_loader(ds, 8, shuffle=True, seed=3, num_workers=2)
     assert _order(workers) == _order(make_loader(ds, 8, shuffle=True, seed=3))
     assert workers.persistent_workers is False
+
+
+class _DeclaresHugeArray:
+    """Pickles as ``numpy.ndarray(shape, uint8)``: a constructor call that allocates whatever it declares."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def __reduce__(self):
+        return (np.ndarray, (self.shape, "u1"))
+
+
+def test_a_cifar_file_that_declares_more_than_it_holds_is_refused(tmp_path: Path) -> None:
+    """A few kilobytes declaring 100,000 images (300 MB; the reported case declared 1.2 million): refused
+    with one line naming the file, before anything is allocated or trained on."""
+    import pickle
+
+    from mixnas.data import load_dataset
+    from mixnas.errors import DataError
+
+    root = tmp_path / "cifar"
+    root.mkdir()
+    bomb = {b"data": _DeclaresHugeArray((100_000, 3072)), b"labels": [0] * 10}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (root / name).write_bytes(pickle.dumps(bomb, protocol=2))
+    assert (root / "data_batch_1").stat().st_size < 10_000
+    with pytest.raises(DataError, match=r"data_batch_1: declares an array of shape \(100000, 3072\)") as info:
+        load_dataset(f"cifar:{root}", 32)
+    assert "\n" not in str(info.value)

@@ -88,23 +88,65 @@ class _RefusedGlobal(pickle.UnpicklingError):
     pass
 
 
+class _DeclaredTooLarge(pickle.UnpicklingError):
+    pass
+
+
 class _CifarUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals of ``_allowed_globals`` and refuses everything else."""
+    """An unpickler that resolves only the globals of ``_allowed_globals`` and refuses everything else.
+
+    An array constructor in a pickle names its shape, so a file of a few kilobytes could declare gigabytes
+    (and a loader would train on a million phantom images): an array may not declare more bytes than the
+    file holds (``max_bytes``); its contents come from the file itself.
+    """
 
     _allowed = _allowed_globals()
 
+    def __init__(self, file: Any, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.max_bytes = max_bytes
+        check = self._checked(lambda shape, *a, **k: shape)
+
+        class BoundedArray(np.ndarray):  # a type, as _reconstruct wants, whose constructor checks the shape
+            def __new__(cls, shape: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+                check(shape if isinstance(shape, (tuple, list)) else (shape,))
+                return np.ndarray.__new__(cls, shape, *args, **kwargs)
+
+        self._array_type = BoundedArray
+
+    def _checked(self, make: Callable[..., Any]) -> Callable[..., Any]:
+        def build(*args: Any, **kwargs: Any) -> Any:
+            shapes = [a for a in args if isinstance(a, (tuple, list))] + [kwargs.get("shape", ())]
+            for shape in shapes:
+                if all(isinstance(n, int) for n in shape):
+                    count = 1
+                    for n in shape:
+                        count *= max(int(n), 0)
+                    if count > self.max_bytes:
+                        raise _DeclaredTooLarge(f"an array of shape {tuple(shape)[:8]}")
+            return make(*args, **kwargs)
+
+        return build
+
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return self._allowed[(module, name)]
+            found = self._allowed[(module, name)]
         except KeyError:
             raise _RefusedGlobal(f"{module}.{name}") from None
+        if found is np.ndarray:
+            return self._array_type
+        return found if found in (np.dtype, _latin1_encode) else self._checked(found)
 
 
 def _read_cifar_file(file: Path, where: str) -> dict[str, Any]:
     try:
         with open(file, "rb") as f:
             # encoding="bytes": the official files were written by Python 2, whose str must stay bytes.
-            obj = _CifarUnpickler(f, encoding="bytes").load()
+            obj = _CifarUnpickler(f, max_bytes=os.fstat(f.fileno()).st_size, encoding="bytes").load()
+    except _DeclaredTooLarge as e:
+        raise DataError(
+            f"{where}: {file}: declares {e} ({file.stat().st_size} bytes on disk hold no such array): refused"
+        ) from None
     except _RefusedGlobal as e:
         raise DataError(
             f"{where}: {file}: refused to unpickle global {e} (a CIFAR file holds only numpy arrays, "
@@ -123,6 +165,8 @@ def _cifar_batch(file: Path, where: str, label_key: str, num_classes: int) -> tu
     """One file's images as uint8 (N, 3, 32, 32) and labels as int64 (N,), checked."""
     d = _read_cifar_file(file, where)
     data, labels = d.get("data"), d.get(label_key)
+    if isinstance(data, np.ndarray):
+        data = data.view(np.ndarray)  # the unpickler's checked array type, as a plain array
     if data is None or labels is None:
         raise DataError(f"{where}: {file}: missing key {'data' if data is None else label_key!r}")
     is_array = isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2

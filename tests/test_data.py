@@ -460,3 +460,32 @@ def test_a_cifar_file_that_declares_more_than_it_holds_is_refused(tmp_path: Path
     with pytest.raises(DataError, match=r"data_batch_1: declares an array of shape \(100000, 3072\)") as info:
         load_dataset(f"cifar:{root}", 32)
     assert "\n" not in str(info.value)
+
+
+def test_imagefolder_links_loops_fifos_count_each_image_once(tmp_path: Path) -> None:
+    """A symlink loop inside a class folder (the reported case counted 4 images 40 times), a second link to
+    the same folder, and a FIFO named like an image (it would block a loader forever)."""
+    import os
+
+    root = make_imagefolder(tmp_path / "tree")
+    ant = root / "train" / "ant"
+    (ant / "loop").symlink_to(ant)  # ant/loop/loop/loop/... is ant again
+    (ant / "again").symlink_to(ant)
+    (ant / "sub").mkdir()
+    (ant / "sub" / "up").symlink_to(ant)
+    os.mkfifo(ant / "pipe.png")
+    b = load_dataset(f"imagefolder:{root}", 32)
+    assert len(b.train) == 12  # 4 + 3 + 5, each once
+    assert not any(p.endswith("pipe.png") for p, _ in b.train.samples)
+
+
+def test_a_decompression_bomb_is_refused_with_one_line(tmp_path: Path) -> None:
+    from mixnas.data.folders import load_rgb
+    from mixnas.errors import DataError
+
+    path = tmp_path / "bomb.png"
+    Image.new("1", (20_000, 20_000)).save(path)  # 400 M pixels in a small file: over twice PIL's limit
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(DataError, match="decompression bomb") as info:
+        load_rgb(str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)

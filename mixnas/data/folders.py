@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,6 +273,9 @@ def load_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             img = Image.open(f)
             return img.convert("RGB")
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: refused: a decompression bomb (its header declares more pixels than PIL's "
+                        f"limit of {Image.MAX_IMAGE_PIXELS})") from None
     except (OSError, UnidentifiedImageError, ValueError) as e:
         raise DataError(f"{path}: cannot read image ({_one_line(e)})") from None
 
@@ -281,19 +285,61 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
 
 
+def image_files(folder: str | Path) -> list[str]:
+    """The image files under ``folder``, sorted: regular files only (a FIFO or a device named ``.png`` would
+    hang or flood a loader), and every real directory walked once, so that a symbolic link that loops back
+    (or two links to one folder) neither counts an image twice nor walks forever. Links to files and a
+    linked class folder are followed."""
+    out: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [str(folder)]
+    while stack:
+        current = stack.pop()
+        try:
+            info = os.stat(current)
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) in seen:
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        try:
+            entries = sorted(os.scandir(current), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if e.is_dir():  # follows links; the (device, inode) set stops loops
+                    stack.append(e.path)
+                elif e.name.lower().endswith(IMG_EXTENSIONS) and stat.S_ISREG(os.stat(e.path).st_mode):
+                    out.append(e.path)
+            except OSError:
+                continue  # a dangling link
+    return sorted(out)
+
+
 def _has_image(folder: Path) -> bool:
-    for _, _, names in os.walk(folder, followlinks=True):  # ImageFolder also looks in sub-folders
-        if any(n.lower().endswith(IMG_EXTENSIONS) for n in names):
-            return True
-    return False
+    return bool(image_files(folder))  # ImageFolder also looks in sub-folders
 
 
 class ClassFolder(ImageFolder):
-    """torchvision's ImageFolder, with hidden folders not counted as classes."""
+    """torchvision's ImageFolder, with hidden folders not counted as classes and the files of each class
+    listed by ``image_files`` (no loops, no duplicates through links, regular files only)."""
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         classes = _class_dirs(Path(directory))
         return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(directory: str | Path, class_to_idx: dict[str, int],
+                     extensions: tuple[str, ...] | None = None, is_valid_file: Callable[[str], bool] | None = None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        samples = []
+        for name, index in sorted(class_to_idx.items(), key=lambda kv: kv[1]):
+            files = image_files(Path(directory) / name)
+            if not files and not allow_empty:
+                raise FileNotFoundError(f"{Path(directory) / name}: no image file")
+            samples.extend((f, index) for f in files)
+        return samples
 
 
 @dataclass(frozen=True)

@@ -419,3 +419,56 @@ def test_only_a_dead_worker_or_node_counts_as_lost() -> None:
     task_error = exceptions.RayTaskError("evaluate_candidate", "Traceback ...", CheckpointError("missing"))
     assert not ray_runner.lost_worker(task_error)
     assert not ray_runner.lost_worker(task_error.as_instanceof_cause())
+
+
+def test_the_watchdog_kills_the_instances_processes_not_a_tail_of_its_logs(tmp_path: Path) -> None:
+    """Processes whose flags name the instance's folder die with the driver; a ``tail -f`` of one of its
+    logs (the folder as a plain argument) lives on."""
+    import subprocess
+    import sys
+    import time
+
+    from mixnas.search.ray_runner import _WATCHDOG
+
+    folder = tmp_path / "mixnas-ray-x"
+    folder.mkdir()
+    (folder / "raylet.out").write_text("log\n")
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", f"--temp-dir={folder}"])
+    tail = subprocess.Popen(["tail", "-f", str(folder / "raylet.out")], stdout=subprocess.DEVNULL)
+    try:
+        watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(folder)], stdin=subprocess.PIPE)
+        watchdog.stdin.close()  # the driver has gone
+        watchdog.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while worker.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker.poll() is not None  # killed
+        assert tail.poll() is None  # left alone
+    finally:
+        for p in (worker, tail):
+            p.kill()
+            p.wait()
+
+
+def test_a_cluster_is_mine_only_when_my_gcs_or_raylet_names_its_port() -> None:
+    from mixnas.search.ray_runner import cluster_owned_by_me
+
+    assert not cluster_owned_by_me("127.0.0.1:1")  # no GCS of this user listens there
+
+
+def test_the_local_instances_folder_and_token_are_closed_to_other_users(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import stat
+
+    from mixnas.search.ray_runner import tighten_permissions
+
+    folder = tmp_path / "mixnas-ray-y"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    os.chmod(token, 0o644)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    tighten_permissions(str(folder))
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(token.stat().st_mode) == 0o600

@@ -41,6 +41,8 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -422,23 +424,58 @@ def live_cluster_address() -> str | None:
     if not address:
         return None
     services.find_gcs_addresses.cache_clear()
-    return address if address in services.find_gcs_addresses() else None
+    if address not in services.find_gcs_addresses():
+        return None
+    if not cluster_owned_by_me(address):
+        logging.getLogger(__name__).warning(
+            "search: the Ray cluster running at %s belongs to another user; not joining it (pass --address to "
+            "join a cluster on purpose), starting a local instance", address)
+        return None
+    return address
 
 
+def cluster_owned_by_me(address: str) -> bool:
+    """Whether a GCS server or raylet of this user names ``address`` (host:port) on its command line: a
+    cluster another user started on this machine is never joined without ``--address``, and never sent
+    this user's token."""
+    uid = os.getuid()
+    port = re.compile(rb"(?:^|[=:])" + re.escape(address.rsplit(":", 1)[-1].encode()) + rb"$")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        program = args[0].rsplit(b"/", 1)[-1] if args else b""
+        if program in (b"gcs_server", b"raylet") and any(port.search(a) for a in args[1:]):
+            return True
+    return False
+
+
+# Kills the processes of one local instance: this user's, with a flag (``--temp-dir=...``,
+# ``--session-dir=...``, ...) naming the instance's folder. A ``tail -f`` or an editor on one of its logs
+# names the folder as a plain argument and another user's process is not ours: both are left alone.
 _WATCHDOG = """
 import os, signal, sys, time
-marker = sys.argv[1]
+marker = sys.argv[1].encode()
+uid = os.getuid()
 sys.stdin.read()  # returns when the driver's end of the pipe closes: the driver exited or was killed
 for _ in range(2):
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
+            if os.stat(f"/proc/{pid}").st_uid != uid:
+                continue
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmdline = f.read()
+                args = f.read().split(b"\\0")
         except OSError:
             continue
-        if marker.encode() in cmdline:
+        if any(a.startswith(b"--") and marker in a for a in args):
             try:
                 os.kill(int(pid), signal.SIGKILL)
             except OSError:
@@ -503,9 +540,12 @@ def start_ray(settings: RaySettings, say: Any = None) -> bool:
     # Ray 2.60 announces, as a warning, that it turned token authentication on for the local instance.
     logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     _start_watchdog(temp_dir)
+    global _local_temp_dir
+    _local_temp_dir = temp_dir
     with _single_machine_mode():
         ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
                  _temp_dir=temp_dir, logging_level=logging.WARNING)
+    tighten_permissions(temp_dir)
     if ray.util.get_node_ip_address() != LOOPBACK:
         stop_ray()
         raise RuntimeError(f"Ray did not take {LOOPBACK} as the node address; refusing to listen on other interfaces")
@@ -531,10 +571,29 @@ def _use_token_if_available() -> None:
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
+_local_temp_dir: str | None = None
+
+
+def tighten_permissions(temp_dir: str) -> None:
+    """Ray leaves its session folder open to every user (0777) and the token it writes readable by all
+    (0644): close the local instance's folder to this user (0700) and the token to reading by this user
+    (0600), so that other users of the machine can neither plant files in it nor take the token."""
+    with contextlib.suppress(OSError):
+        os.chmod(temp_dir, 0o700)
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
+    with contextlib.suppress(OSError):
+        if token.is_file() and not token.is_symlink() and token.stat().st_uid == os.getuid():
+            os.chmod(token, 0o600)
+
+
 def stop_ray() -> None:
-    """Shut down the Ray instance this process started or joined (and a local one's watchdog)."""
+    """Shut down the Ray instance this process started or joined (and a local one's watchdog and folder)."""
+    global _local_temp_dir
     ray.shutdown()
     _stop_watchdog()
+    if _local_temp_dir is not None:
+        shutil.rmtree(_local_temp_dir, ignore_errors=True)
+        _local_temp_dir = None
 
 
 def make_trainable(

@@ -472,3 +472,29 @@ def test_the_local_instances_folder_and_token_are_closed_to_other_users(tmp_path
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
     tighten_permissions(str(folder))
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("case", ["world-writable pickle", "group-writable folder", "linked pickle"])
+def test_a_ray_experiment_others_could_write_is_never_restored(trained: Path, tmp_path: Path, case: str) -> None:
+    """A planted ``__reduce__`` in Tune's pickles would run on restore: refuse, with one line, before Ray
+    starts or anything is unpickled."""
+    import os
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    experiment = run / "search" / "ray"
+    experiment.mkdir(parents=True)
+    pickle_file = experiment / "tuner.pkl"
+    if case == "linked pickle":
+        (tmp_path / "elsewhere.pkl").write_bytes(b"x")
+        pickle_file.symlink_to(tmp_path / "elsewhere.pkl")
+    else:
+        pickle_file.write_bytes(b"not to be unpickled")
+    os.chmod(run, 0o755)
+    os.chmod(run / "search", 0o755)
+    os.chmod(experiment, 0o775 if case == "group-writable folder" else 0o755)
+    if case == "world-writable pickle":
+        os.chmod(pickle_file, 0o666)
+    with pytest.raises(ConfigError, match="writable by other users|symbolic link") as info:
+        run_ray_search(run, SearchSettings(trials=2, objectives=OBJECTIVES), FAST, RaySettings(), progress=False)
+    assert "\n" not in str(info.value) and not ray.is_initialized()

@@ -43,6 +43,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -639,6 +640,40 @@ def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RayS
     return TrialBudget(limited, settings.trials, progress)
 
 
+def check_private(experiment: Path, run_dir: Path) -> None:
+    """Refuse to restore an experiment whose pickles another user could have written, as ssh refuses keys
+    that others can write: restoring unpickles Ray Tune's ``tuner.pkl`` and searcher states, and a pickle
+    runs whatever code it names. The run directory, the experiment folder and every pickle in it must
+    belong to this user and be writable by no one else.
+
+    Raises:
+        ConfigError: naming the first path that fails, its owner and mode, and what to do.
+    """
+    if not experiment.is_dir():
+        return
+    uid = os.getuid()
+    paths = [run_dir, run_dir / RunDir.SEARCH, experiment]
+    paths += sorted(p for p in experiment.rglob("*.pkl") if not p.is_symlink())
+    paths += sorted(p for p in experiment.rglob("*.pkl") if p.is_symlink())
+    for path in paths:
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if path.is_symlink():
+            problem = "is a symbolic link"
+        elif info.st_uid != uid:
+            problem = f"belongs to uid {info.st_uid}, not to you (uid {uid})"
+        elif info.st_mode & 0o022:
+            problem = f"is writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+        else:
+            continue
+        raise ConfigError(
+            f"{path}: {problem}; restoring the Ray search would unpickle files others could have written (a "
+            f"pickle can run code): fix the ownership and permissions (chmod go-w) or search in a new run directory"
+        )
+
+
 def check_experiment(experiment: Path, settings: SearchSettings) -> None:
     """Refuse to restore an experiment that optimised other objectives (its trials would not compare).
 
@@ -765,6 +800,7 @@ def _run_ray_search(
     storage = run.search_dir
     experiment = run.ray_dir
     check_experiment(experiment, settings)
+    check_private(experiment, run.path)
     # As the Optuna runner: a search scores all its candidates alike, with the same weights.
     check_settings(run_dir, evaluation, run.weights_digest())
 

@@ -358,3 +358,23 @@ def test_screenshot_of_accuracy_vs_gflops(pages: Path, tmp_path: Path) -> None:
 
     colours = Image.open(png).convert("RGB").getcolors(maxcolors=1 << 20)
     assert colours is not None and len(colours) > 50, "the screenshot is (nearly) blank"
+
+
+def test_a_forged_arch_in_the_trial_table_is_one_line(tmp_path: Path) -> None:
+    from mixnas.errors import ResultsError
+    from mixnas.results.table import parse_arch
+
+    for forged in ("[" * 100_000 + "]" * 100_000, '{"stages": 5}', "not json"):
+        with pytest.raises(ResultsError, match="'arch' value is not an architecture") as info:
+            parse_arch(forged)
+        assert "\n" not in str(info.value)
+
+
+def test_a_deeply_nested_latency_table_is_one_line(tmp_path: Path) -> None:
+    from mixnas.errors import LUTError
+    from mixnas.search.latency_lut import LatencyTable
+
+    path = tmp_path / "lut.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(LUTError, match="nested too deeply"):
+        LatencyTable.load(path)

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from mixnas.errors import ResultsError
 from mixnas.results.pareto import pareto_front
 from mixnas.search_space import ArchConfig
 from mixnas.trials import parse_objectives
@@ -17,8 +18,16 @@ from mixnas.trials import parse_objectives
 
 @lru_cache(maxsize=4096)
 def parse_arch(arch_json: str) -> ArchConfig:
-    """The ArchConfig of a trial's ``arch`` column (cached: pages and tables read each many times)."""
-    return ArchConfig.from_dict(json.loads(arch_json))
+    """The ArchConfig of a trial's ``arch`` column (cached: pages and tables read each many times).
+
+    Raises:
+        ResultsError: the column holds no architecture (malformed, forged or nested too deeply).
+    """
+    try:
+        return ArchConfig.from_dict(json.loads(arch_json))
+    except (ValueError, TypeError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).splitlines()[0][:200]
+        raise ResultsError(f"trial table: an 'arch' value is not an architecture ({reason})") from None
 
 
 def stage_label(arch: ArchConfig, i: int) -> str:

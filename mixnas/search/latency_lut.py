@@ -345,6 +345,8 @@ class LatencyTable:
             raise LUTError(f"{p}: cannot be read ({e.__class__.__name__})") from None
         except json.JSONDecodeError as e:
             raise LUTError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); rebuild the latency table") from None
+        except RecursionError:
+            raise LUTError(f"{p}: nested too deeply to be a latency table; rebuild it") from None
         if not isinstance(data, dict) or data.get("format") != LUT_FORMAT:
             raise LUTError(f"{p}: not a mixnas latency table (no \"format\": \"{LUT_FORMAT}\")")
         if data.get("version") != LUT_VERSION:

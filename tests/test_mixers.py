@@ -678,3 +678,17 @@ def test_local_ffn_has_no_drop_path(monkeypatch: pytest.MonkeyPatch) -> None:
     model = build_model(make_arch(WINDOW_ATTN, {"type": "local", "se": False}, stages=1, drop_path_rate=0.5))
     model.train()(images())
     assert rates == [0.0, 0.5]  # the mixer's update in each of the two blocks; the local FFN takes none
+
+
+def test_dge_drop_path_drops_query_tokens_not_whole_images() -> None:
+    """The official DGE code drops each query's update on its own: at rate 0.5 part of every image's queries
+    keeps its update and part loses it (timm's per-image drop-path keeps all or none of an image's)."""
+    from mixnas.supernet.mixers.dge import drop_path as dge_drop_path
+
+    torch.manual_seed(0)
+    updates = torch.randn(6, 64, 8) + 3.0  # no exact zeros
+    out = dge_drop_path(updates, 0.5, training=True)
+    dropped = (out == 0).all(-1)  # (B, L)
+    assert (dropped.any(1) & ~dropped.all(1)).all()  # every image: some queries dropped, some kept
+    torch.testing.assert_close(out[~dropped], updates[~dropped] / 0.5)
+    assert torch.equal(dge_drop_path(updates, 0.5, training=False), updates)

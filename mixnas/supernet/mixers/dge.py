@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import drop_path, trunc_normal_
+from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from mixnas.errors import ConfigError
@@ -66,6 +66,19 @@ def router_prior(granularities: Sequence[int], device: torch.device | None = Non
     p[-1] = FINEST_PROBABILITY
     return p.log()
 
+
+
+def drop_path(x: Tensor, prob: float = 0.0, training: bool = False) -> Tensor:
+    """DGE's drop-path, as the official code (``deit_dge.py``, ``pvt_dge.py``) applies it: per query token.
+
+    x: (B, L, C) updates of L queries. Each query's update is dropped on its own with probability ``prob``
+    and the kept ones scaled by 1 / (1 - prob); timm's drop-path would drop a whole image's updates.
+    """
+    if prob == 0.0 or not training:
+        return x
+    keep = 1.0 - prob
+    mask = x.new_empty(x.shape[:2] + (1,) * (x.ndim - 2)).bernoulli_(keep)
+    return x * mask / keep
 
 class DynamicGrainedEncoder(nn.Module):
     """Router, sparse-query attention and the bookkeeping to gather and scatter queries.

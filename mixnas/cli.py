@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,59 +21,42 @@ CLIError = UsageError  # the name earlier versions used
 
 
 # ------------------------------------------------------------------------------------------- arg types
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _integer(least: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def _real(what: str, low: float, high: float, low_open: bool, high_open: bool) -> Callable[[str], float]:
+    """An argparse type: a number between ``low`` and ``high`` (open or closed at each end; NaN never)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
 
 
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {value}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A share in [0, 1) (label smoothing)."""
-    value = nonnegative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {value}")
-    return value
-
-
-def percent(text: str) -> float:
-    value = nonnegative_float(text)
-    if value > 100:
-        raise argparse.ArgumentTypeError(f"expected a percentage in [0, 100], got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {value}")
-    return value
+positive_int = _integer(1, "a positive integer")
+nonnegative_int = _integer(0, "an integer >= 0")
+positive_float = _real("a positive finite number", 0.0, math.inf, low_open=True, high_open=True)
+nonnegative_float = _real("a finite number >= 0", 0.0, math.inf, low_open=False, high_open=True)
+fraction = _real("a number in [0, 1)", 0.0, 1.0, low_open=False, high_open=True)  # label smoothing
+percent = _real("a percentage in [0, 100]", 0.0, 100.0, low_open=False, high_open=False)
 
 
 # ----------------------------------------------------------------------------------------------- profile

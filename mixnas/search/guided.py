@@ -34,6 +34,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mixnas.search.cost_table import CostTable
 from mixnas.search.encoding import ArchCodec
-from mixnas.search.hypervolume import _hv, non_dominated_rank
+from mixnas.search.hypervolume import hypervolume, non_dominated_rank
 from mixnas.search.predictor import AccuracyPredictor
 from mixnas.search_space import SearchSpace
 from mixnas.trials import OBJECTIVES
@@ -52,13 +53,26 @@ _PLAN = "mixnas:guided_plan"
 _ANCHOR = "mixnas:guided_anchor"  # the trial number of the warm-start architecture a proposal went after
 
 
-def _hypervolume(points: np.ndarray, ref: np.ndarray) -> float:
-    """Hypervolume of loss points (minimised) below ``ref``."""
-    inside = points[(points < ref).all(1)]
-    if len(inside) == 0:
-        return 0.0
-    inside = inside[non_dominated_rank(inside, ["min"] * inside.shape[1]) == 0]
-    return _hv(inside, ref)
+@dataclass
+class _History:
+    """A study as the sampler reads it.
+
+    Attributes:
+        scored: genomes of the complete trials; ``values`` their objective values, ``feasible`` whether
+            they met every limit.
+        pending: genomes being scored or queued; ``failed``: genomes of failed trials.
+        anchor_rows: rows of ``scored`` the warm start queued; ``anchor_numbers`` their trial numbers.
+        anchor_tries: warm-start trial number -> proposals that went after it.
+    """
+
+    scored: list[np.ndarray]
+    values: list[list[float]]
+    feasible: list[bool]
+    pending: list[np.ndarray]
+    failed: list[np.ndarray]
+    anchor_rows: list[int]
+    anchor_numbers: list[int]
+    anchor_tries: dict[int, int]
 
 
 def _dominated_by_any(candidates: np.ndarray, front: np.ndarray) -> np.ndarray:
@@ -162,14 +176,9 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                 return None  # a trial of another space or a partial one: ignored
         return self._genomes[key]
 
-    def _history(self, study: optuna.Study, exclude: int) -> tuple[list[np.ndarray], np.ndarray, list[bool],
-                                                                      list[np.ndarray], list[np.ndarray]]:
-        """(scored genomes, their values (n, objectives), feasible flags, genomes being scored or queued,
-        failed genomes)."""
-        scored, values, feasible, pending, failed = [], [], [], [], []
-        self._anchor_rows: list[int] = []
-        self._anchor_numbers: list[int] = []
-        self._anchor_tries: dict[int, int] = {}
+    def _history(self, study: optuna.Study, exclude: int) -> _History:
+        """What the study holds, every trial but ``exclude`` (the one being proposed for)."""
+        h = _History([], [], [], [], [], [], [], {})
         for t in study.get_trials(deepcopy=False):
             if t.number == exclude:
                 continue
@@ -181,22 +190,21 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                 continue
             if _ANCHOR in t.system_attrs:
                 a = int(t.system_attrs[_ANCHOR])
-                self._anchor_tries[a] = self._anchor_tries.get(a, 0) + 1
+                h.anchor_tries[a] = h.anchor_tries.get(a, 0) + 1
             if t.state == TrialState.COMPLETE and t.values is not None and np.all(np.isfinite(t.values)):
                 if "fixed_params" in t.system_attrs:  # queued by the warm start: an anchor
-                    self._anchor_rows.append(len(scored))
-                    self._anchor_numbers.append(t.number)
-                scored.append(g)
-                values.append(list(t.values))
+                    h.anchor_rows.append(len(h.scored))
+                    h.anchor_numbers.append(t.number)
+                h.scored.append(g)
+                h.values.append(list(t.values))
                 constraints = t.constraints or {}
                 named = constraints.values() if isinstance(constraints, dict) else constraints
-                feasible.append(all(float(c) <= 0 for c in named))
+                h.feasible.append(all(float(c) <= 0 for c in named))
             elif t.state in (TrialState.RUNNING, TrialState.WAITING):
-                pending.append(g)
+                h.pending.append(g)
             else:
-                failed.append(g)
-        vals = np.array(values, dtype=float).reshape(len(values), len(self.objectives))
-        return scored, vals, feasible, pending, failed
+                h.failed.append(g)
+        return h
 
     # --------------------------------------------------------------------------------------- proposal
     def _pool(self, parents: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -215,14 +223,16 @@ class GuidedSampler(optuna.samplers.BaseSampler):
         """The genome of the next candidate (module docstring)."""
         slot = len(study.get_trials(deepcopy=False))
         rng = np.random.default_rng([self.seed, slot, 0x6D69786E])
-        scored, values, feasible, pending, failed = self._history(study, exclude)
-        everything = scored + pending + failed
+        history = self._history(study, exclude)
+        scored, pending = history.scored, history.pending
+        values = np.array(history.values, dtype=float).reshape(len(scored), len(self.objectives))
+        everything = scored + pending + history.failed
         seen = set(ArchCodec.keys(np.array(everything))) if everything else set()
         if len(scored) < self.min_observations:
             self.last_proposal = {"kind": "uniform", "scored": len(scored)}
-            return self._unseen(self.codec.random(256, rng), seen, rng)
+            return self._unseen(self.codec.random(256, rng), seen)
         x_scored = np.array(scored)
-        feas = np.array(feasible, dtype=bool)
+        feas = np.array(history.feasible, dtype=bool)
         acc_col = self.objectives.index("accuracy")
         table = self.cost_table
         features = lambda g: self._features(g, table)  # noqa: E731
@@ -239,7 +249,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                           if feas.any() else [])
         parents_idx |= set(np.argsort(-values[:, acc_col], kind="stable")[: max(4, len(scored) // 5)])
         parents = x_scored[sorted(parents_idx)]
-        anchor = self._unbeaten_anchor(x_scored, values, feas, slot)
+        anchor = self._unbeaten_anchor(history, values, feas, slot)
         pool = self._pool(parents, rng)
         if anchor is not None:  # its whole neighbourhood, one and two genes away
             near = x_scored[anchor][None]
@@ -253,7 +263,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                 keep.append(i)
         if not keep:
             self.last_proposal = {"kind": "uniform (pool exhausted)", "scored": len(scored)}
-            return self._unseen(self.codec.random(256, rng), seen, rng)
+            return self._unseen(self.codec.random(256, rng), seen)
         pool = pool[keep]
         f_pool = features(pool)
         costs = table.costs(pool)
@@ -271,7 +281,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                 best = int(idx[np.argmax((mean + self.kappa * std)[idx])])
                 self.last_proposal = {
                     "kind": "beat a warm-start architecture at its cost",
-                    "anchor": self._anchor_numbers[self._anchor_rows.index(anchor)],
+                    "anchor": history.anchor_numbers[history.anchor_rows.index(anchor)],
                     "anchor_accuracy": float(values[anchor, acc_col]),
                     "scored": len(scored), "pool": len(pool), "predicted_accuracy": float(mean[best]),
                     "std": float(std[best]), "gflops": float(costs[best, 0]),
@@ -297,8 +307,9 @@ class GuidedSampler(optuna.samplers.BaseSampler):
             open_ = open_[non_dominated_rank(sub, ["min"] * sub.shape[1]) == 0]
             if open_.size > 256:
                 open_ = np.sort(rng.choice(open_, 256, replace=False))
-        base = _hypervolume(front, ref) if len(front) else 0.0
-        gains = np.array([_hypervolume(np.vstack([front, cand_loss[i][None]]), ref) - base for i in open_])
+        minimised = ["min"] * len(ref)  # losses: every objective minimised
+        base = hypervolume(front, minimised, ref)
+        gains = np.array([hypervolume(np.vstack([front, cand_loss[i][None]]), minimised, ref) - base for i in open_])
         best = int(open_[int(np.argmax(gains))])
         self.last_proposal = {
             "kind": "predicted hypervolume gain", "scored": len(scored), "pool": len(pool),
@@ -316,16 +327,16 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                 ok &= predicted[:, j] <= target[j]
         return ok
 
-    def _unbeaten_anchor(self, scored: np.ndarray, values: np.ndarray, feasible: np.ndarray, slot: int) -> int | None:
-        """Every ``anchor_every``-th proposal: a warm-start architecture (a hand-designed reference's, or an
-        extreme of the space) that no other scored architecture matches in accuracy at no more cost, in
-        turn; None otherwise."""
-        if self.anchor_every <= 0 or slot % self.anchor_every != self.anchor_every - 1 or not self._anchor_rows:
+    def _unbeaten_anchor(self, history: _History, values: np.ndarray, feasible: np.ndarray, slot: int) -> int | None:
+        """Every ``anchor_every``-th proposal: the row (in ``values``) of a warm-start architecture (a
+        hand-designed reference's, or an extreme of the space) that no other scored architecture matches in
+        accuracy at no more cost, in turn; None otherwise."""
+        if self.anchor_every <= 0 or slot % self.anchor_every != self.anchor_every - 1 or not history.anchor_rows:
             return None
         acc_col = self.objectives.index("accuracy")
         unbeaten = []
-        for a, number in zip(self._anchor_rows, self._anchor_numbers):
-            tried = self._anchor_tries.get(number, 0)
+        for a, number in zip(history.anchor_rows, history.anchor_numbers):
+            tried = history.anchor_tries.get(number, 0)
             if not feasible[a] or (self.anchor_tries is not None and tried >= self.anchor_tries):
                 continue
             others = np.ones(len(values), dtype=bool)
@@ -388,7 +399,7 @@ class GuidedSampler(optuna.samplers.BaseSampler):
                 ref.append(1.1 * float(np.max(worst)))
         return np.array(ref)
 
-    def _unseen(self, genomes: np.ndarray, seen: set[bytes], rng: np.random.Generator) -> np.ndarray:
+    def _unseen(self, genomes: np.ndarray, seen: set[bytes]) -> np.ndarray:
         """The first of ``genomes`` not seen yet and within the GFLOPs and parameter limits (by the cost
         table), else the first unseen one, else the first."""
         if self.limits[0] is not None or self.limits[1] is not None:

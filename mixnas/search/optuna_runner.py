@@ -100,11 +100,12 @@ def nsga2_population(trials: int) -> int:
     return max(4, min(50, trials // 5))
 
 
-def warm_start_archs(space: SearchSpace, limits: Limits | None = None, trials: int | None = None
-                     ) -> list[ArchConfig]:
+def warm_start_archs(space: SearchSpace, limits: Limits | None = None, trials: int | None = None,
+                     cost_table_cache: str | Path | None = None) -> list[ArchConfig]:
     """The first generation's seeds: the space's largest and smallest architectures and each mixer's
     largest (the hand-designed references' architectures, here scored as searched trials), distinct,
-    without those the cost table puts over a GFLOPs or parameter limit, at most ``trials`` of them."""
+    without those the cost table puts over a GFLOPs or parameter limit, at most ``trials`` of them.
+    ``cost_table_cache``: the run's cost-table file, so that the table is counted once per run."""
     archs = [space.largest(), space.smallest()] + [space.largest(m) for m in space.mixer_types()]
     out: dict[str, ArchConfig] = {}
     table = None
@@ -116,7 +117,7 @@ def warm_start_archs(space: SearchSpace, limits: Limits | None = None, trials: i
             if table is None:
                 from mixnas.search.cost_table import CostTable
 
-                table = CostTable.for_space(space)
+                table = CostTable.for_space(space, cost_table_cache)
             gflops, params = table.arch_cost(arch)
             if not limits.feasible({"gflops": gflops, "params": params, "latency_ms": 0.0}):
                 continue
@@ -124,11 +125,13 @@ def warm_start_archs(space: SearchSpace, limits: Limits | None = None, trials: i
     return list(out.values())[:trials]
 
 
-def warm_start_params(space: SearchSpace, settings: SearchSettings) -> list[dict[str, Any]]:
+def warm_start_params(space: SearchSpace, settings: SearchSettings, cost_table_cache: str | Path | None = None
+                      ) -> list[dict[str, Any]]:
     """``warm_start_archs`` as Optuna parameters, for ``enqueue_trial`` (none when the settings say so)."""
     if not settings.warm_start:
         return []
-    return [space.params_of(a) for a in warm_start_archs(space, settings.limits, settings.trials)]
+    archs = warm_start_archs(space, settings.limits, settings.trials, cost_table_cache)
+    return [space.params_of(a) for a in archs]
 
 
 def tell_constraints(trial: optuna.trial.Trial, limits: Limits, result: dict[str, Any]) -> None:
@@ -179,7 +182,7 @@ def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace | Non
     study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=directions)
     study.set_user_attr("objectives", list(settings.objectives))
     if space is not None:
-        for params in warm_start_params(space, settings):
+        for params in warm_start_params(space, settings, run.cost_table):
             study.enqueue_trial(params, user_attrs={WARM_START: True})
     return study
 

@@ -634,7 +634,7 @@ def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RayS
         mode=[OBJECTIVES[o] for o in objectives],
         sampler=make_sampler(settings.sampler, settings.trials, settings.seed, space=space,
                              objectives=objectives, limits=settings.limits, cost_table_cache=cost_table_cache),
-        points_to_evaluate=warm_start_params(space, settings) or None,
+        points_to_evaluate=warm_start_params(space, settings, cost_table_cache) or None,
     )
     limited = ConcurrencyLimiter(searcher, max_concurrent=ray_settings.max_concurrent)
     return TrialBudget(limited, settings.trials, progress)

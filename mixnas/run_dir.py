@@ -10,7 +10,8 @@ A supernet run directory (``mixnas supernet train --out``) holds::
     search/               journal.log (the Optuna study), eval_settings.json, weights.json (the digest of
                           the supernet weights the search scored with), cache/ (one JSON per scored
                           architecture), cost_table.json (FLOPs and parameters per component of the
-                          space), ray/ (the Ray Tune experiment)
+                          space), random_baseline.csv (uniform samples scored alike), ray/ (the Ray Tune
+                          experiment)
     trials.parquet, trials.csv    the trial table
     pages/, exported/, ranking/   results pages, exported architectures, rank-check trainings
     .mixnas.lock          held by the process driving the directory (``mixnas.lock``)
@@ -66,6 +67,7 @@ class RunDir:
     SEARCH_WEIGHTS = "weights.json"
     CACHE = "cache"
     COST_TABLE = "cost_table.json"
+    RANDOM_BASELINE = "random_baseline.csv"
     RAY = "ray"
     RAY_SETTINGS = "mixnas_search.json"
     TRIALS_PARQUET = "trials.parquet"
@@ -137,6 +139,11 @@ class RunDir:
     def search_weights_file(self) -> Path:
         """The digest of the supernet weights a search scored its candidates with."""
         return self.search_dir / self.SEARCH_WEIGHTS
+
+    @property
+    def random_baseline(self) -> Path:
+        """Random sampling on the same supernet, the hypervolume page's baseline (``mixnas.search.baseline``)."""
+        return self.search_dir / self.RANDOM_BASELINE
 
     @property
     def cost_table(self) -> Path:

@@ -316,3 +316,31 @@ def test_a_damaged_or_forged_cache_entry_is_scored_again(tmp_path: Path, forged:
     result = evaluator.evaluate(arch)
     assert result["cached"] is False and 0 <= result["accuracy"] <= 100
     assert CandidateEvaluator(run, FAST).evaluate(arch)["cached"] is True  # the rewritten entry is trusted
+
+
+def test_the_random_baseline_resumes_and_redoes_rows_of_other_draws(tmp_path: Path) -> None:
+    from mixnas.run_dir import RunDir
+    from mixnas.search.baseline import load_baseline, random_baseline
+    from mixnas.trials import save_trials
+
+    space = SearchSpace.from_dict(TINY_SPACE)
+    objectives = ["accuracy", "gflops"]
+    straight = random_baseline(tmp_path / "a", FakeEvaluator(space), 6, objectives, progress=False)
+    assert len(straight) == 6 and straight["arch_id"].is_unique and list(straight["number"]) == list(range(6))
+    assert load_baseline(tmp_path / "a")["arch_id"].tolist() == straight["arch_id"].tolist()
+    # Killed after three: the rerun scores only the other three and ends with the same table.
+    dying = FakeEvaluator(space, stop_after=3)
+    with pytest.raises(KeyboardInterrupt):
+        random_baseline(tmp_path / "b", dying, 6, objectives, progress=False)
+    second = FakeEvaluator(space)
+    resumed = random_baseline(tmp_path / "b", second, 6, objectives, progress=False)
+    assert resumed["arch_id"].tolist() == straight["arch_id"].tolist() and len(second.computed) == 3
+    # A table whose third row is another architecture keeps the first two and scores the rest again.
+    forged = straight.copy()
+    forged.loc[2, "arch_id"] = "0" * 12
+    (tmp_path / "c" / "search").mkdir(parents=True)
+    save_trials(forged, tmp_path / "c")
+    (tmp_path / "c" / "trials.csv").rename(RunDir(tmp_path / "c").random_baseline)
+    third = FakeEvaluator(space)
+    again = random_baseline(tmp_path / "c", third, 6, objectives, progress=False)
+    assert again["arch_id"].tolist() == straight["arch_id"].tolist() and len(third.computed) == 4

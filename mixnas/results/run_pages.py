@@ -32,9 +32,6 @@ def write_run_pages(run_dir: str | Path, table: pd.DataFrame, objectives: Sequen
         reference, note = space_reference_point(space, table, objectives, cache=run.cost_table)
     except MixnasError:
         pass
-    measured = [o for o in objectives if o != "latency" or table["latency_ms"].notna().any()]
-    if reference is not None:
-        reference = {o: reference[o] for o in measured}
     return write_pages(table, out or run.path / RunDir.PAGES, list(objectives), reference_point=reference,
                        title=title or f"mixnas: {run.path}", ranking=load_ranking(run.path), reference_note=note,
                        baseline=load_baseline(run.path))

@@ -2,13 +2,15 @@
 
 ``random_baseline`` scores ``n`` distinct architectures drawn uniformly (``SearchSpace.sample``, seeded)
 with the search's own evaluator, so they share its cache and its scoring, and keeps them as a trial table
-in ``RUN_DIR/search/random_baseline.csv`` (written atomically after each architecture: a killed run
-continues where it stopped, and the draws do not depend on where that was). These rows are a baseline, not
-search results: they never enter the run's trial table, its front or its export.
+in ``RUN_DIR/search/random_baseline.csv`` (``RunDir.random_baseline``), written atomically after each
+architecture: a killed run continues where it stopped, and the draws do not depend on where that was.
+These rows are a baseline, not search results: they never enter the run's trial table, its front or its
+export.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from pathlib import Path
 
@@ -22,16 +24,10 @@ from mixnas.search._shared import Limits, score, trial_record
 from mixnas.search.evaluator import CandidateEvaluator
 from mixnas.trials import TRIAL_COLUMNS, check_trials, load_trials
 
-BASELINE_FILE = "random_baseline.csv"
-
-
-def baseline_path(run_dir: str | Path) -> Path:
-    return RunDir(run_dir).search_dir / BASELINE_FILE
-
 
 def load_baseline(run_dir: str | Path) -> pd.DataFrame | None:
     """The run's random-sampling table, or None when there is none (or it cannot be read)."""
-    path = baseline_path(run_dir)
+    path = RunDir(run_dir).random_baseline
     if not path.is_file():
         return None
     try:
@@ -63,10 +59,12 @@ def random_baseline(run_dir: str | Path, evaluator: CandidateEvaluator, n: int, 
         if arch.arch_id not in seen:
             seen.add(arch.arch_id)
             archs.append(arch)
-    path = baseline_path(run_dir)
+    path = RunDir(run_dir).random_baseline
     done = load_baseline(run_dir)
-    rows = done.to_dict("records") if done is not None else []
-    rows = [r for r, a in zip(rows, archs) if r["arch_id"] == a.arch_id]  # a table of other draws is redone
+    # Rows kept up to the first that is not this draw's architecture (a table of other draws is redone).
+    rows = list(itertools.takewhile(lambda ra: ra[0]["arch_id"] == ra[1].arch_id,
+                                    zip(done.to_dict("records") if done is not None else [], archs)))
+    rows = [r for r, _ in rows]
     for number, arch in enumerate(tqdm(archs, desc="random baseline", unit="arch", disable=not progress)):
         if number < len(rows):
             continue
@@ -79,4 +77,4 @@ def random_baseline(run_dir: str | Path, evaluator: CandidateEvaluator, n: int, 
     return check_trials(pd.DataFrame(rows, columns=TRIAL_COLUMNS))
 
 
-__all__ = ["BASELINE_FILE", "baseline_path", "load_baseline", "random_baseline"]
+__all__ = ["load_baseline", "random_baseline"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,13 @@ from pathlib import Path
 from mixnas.errors import StorageError
 
 _HINT = "the previous version, if any, is unchanged: free space or fix the permissions and run the command again"
+# The temporaries ``atomic_write`` makes beside their target: ``.<name>.<random>.tmp`` (mkstemp's prefix and
+# suffix below). A process killed mid-write leaves one; ``mixnas.lock`` removes them on the next start.
+TEMPORARY_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
+
+
+def _cannot_write(path: Path, error: OSError) -> StorageError:
+    return StorageError(f"{path}: cannot be written ({error.strerror or type(error).__name__}); {_HINT}")
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
@@ -19,7 +27,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
     except OSError as e:
-        raise StorageError(f"{p}: cannot be written ({e.strerror or type(e).__name__}); {_HINT}") from None
+        raise _cannot_write(p, e) from None
     os.close(fd)
     try:
         write(tmp)
@@ -31,7 +39,7 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, StorageError):
             raise
-        raise StorageError(f"{p}: cannot be written ({e.strerror or type(e).__name__}); {_HINT}") from None
+        raise _cannot_write(p, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

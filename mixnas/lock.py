@@ -16,12 +16,12 @@ import datetime as dt
 import fcntl
 import json
 import os
-import re
 import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from mixnas.atomic import TEMPORARY_NAME
 from mixnas.errors import RunLockedError
 from mixnas.run_dir import RunDir
 
@@ -69,10 +69,6 @@ def _acquire(path: Path) -> int:
         os.close(fd)  # the holder released and removed the file between our open and our lock: retry
 
 
-# ``mixnas.atomic`` names its temporaries ``.<name>.<random>.tmp`` beside their target.
-_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")
-
-
 def remove_stale_temporaries(run_dir: Path) -> list[Path]:
     """Delete the temporaries an atomic write left when its process was killed (``kill -9`` during export or
     page writing), anywhere under ``run_dir``; returns them. Called with the run directory's lock held, so
@@ -84,7 +80,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
                                               for own in (RunDir.LOCK, RunDir.TRAIN_CONFIG))]
         for name in files:
             path = Path(folder) / name
-            if _TEMPORARY.match(name) and path.is_file() and not path.is_symlink():
+            if TEMPORARY_NAME.match(name) and path.is_file() and not path.is_symlink():
                 with contextlib.suppress(OSError):
                     path.unlink()
                     removed.append(path)

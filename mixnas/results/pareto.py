@@ -3,8 +3,9 @@
 Optuna 5.0 exposes Pareto fronts only through a live study (``Study.best_trials``) and its plots
 (``optuna.visualization.plot_pareto_front``, ``plot_hypervolume_history``); the array-level helpers
 behind them (``optuna.study._multi_objective``, ``optuna._hypervolume``) are private. A trial table
-can also come from the Ray Tune runner or from disk, so the sorting and the hypervolume are written
-here in numpy; the tests check them against ``Study.best_trials`` and ``plot_hypervolume_history``.
+can also come from the Ray Tune runner or from disk, so the sorting and the hypervolume are written in
+numpy (``mixnas.search.hypervolume``, on arrays, shared with the guided sampler) and applied here to trial
+tables; the tests check them against ``Study.best_trials`` and ``plot_hypervolume_history``.
 
 Only feasible, complete, searched trials (not the hand-designed references) with a finite value for
 every chosen objective take part in a front or a hypervolume.

@@ -8,7 +8,7 @@ screens 10^4 candidates per proposal with it, and the hypervolume's reference po
 space's costliest architecture (``max_cost``).
 
 For a static network the table's sum equals ``count_flops`` of the whole network exactly (a test checks
-it on random architectures of every shipped space). A mixer whose cost depends on the image
+it on random architectures of the demo space, DGE as initialised included). A mixer whose cost depends on the image
 (``MixerSpec.input_dependent_cost``, DGE) is counted as initialised, where its router sends every region to
 the finest granularity: the table gives its densest cost, an upper bound; the search records each scored
 candidate's measured mean.

@@ -160,7 +160,7 @@ class ArchCodec:
             before = parents.reshape(len(parents), -1)[picked, forced]  # the parent's value
             shift = 1 + (rng.random(n) * (size - 1)).astype(np.int64)
             flat[np.arange(n), forced] = (before + shift) % size
-        # A changed mixer takes a fresh FFN of its own; the repair fixes pairs a flip made invalid.
+        # A changed mixer may not pair with the FFN the child kept: the repair gives it the first it allows.
         return self._repair(children)
 
     def crossover(self, parents: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

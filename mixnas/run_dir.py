@@ -4,6 +4,7 @@ A supernet run directory (``mixnas supernet train --out``) holds::
 
     space.yaml            the search space trained on (num_classes resolved)
     train_config.json     the training settings (a resumed run must use the same, epochs aside)
+    preprocessing.json    the data's normalisation and resize, recorded in every exported architecture
     checkpoint.pt         full training state after the last finished epoch (torch.save, read weights_only)
     supernet.safetensors  the weights alone, for search and export
     metrics.csv           one row per finished epoch
@@ -56,6 +57,7 @@ class RunDir:
     SPACE = "space.yaml"
     ARCH = "arch.yaml"
     TRAIN_CONFIG = "train_config.json"
+    PREPROCESSING = "preprocessing.json"
     CHECKPOINT = "checkpoint.pt"
     SUPERNET_WEIGHTS = "supernet.safetensors"
     MODEL_WEIGHTS = "model.safetensors"
@@ -101,6 +103,11 @@ class RunDir:
     @property
     def config_file(self) -> Path:
         return self.path / self.TRAIN_CONFIG
+
+    @property
+    def preprocessing_file(self) -> Path:
+        """The normalisation and resize of the data trained on (exported architectures record them)."""
+        return self.path / self.PREPROCESSING
 
     @property
     def checkpoint(self) -> Path:

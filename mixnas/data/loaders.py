@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from mixnas.data.digits import NUM_CLASSES as DIGITS_CLASSES
 from mixnas.data.digits import make_digits
 from mixnas.data.folders import CIFAR_SIDE, DataError, read_cifar, read_imagefolder
+from mixnas.search_space import Preprocessing
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
@@ -38,6 +39,7 @@ CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 MIN_INPUT_SIZE = 8
 MAX_DIGITS_CANVAS = 64  # larger inputs render at 64 px and are resized: a 224 px canvas would need ~1 GB
+EVAL_CROP_PCT = 0.875  # imagefolder's evaluation: resize to input_size / 0.875, centre crop (timm's default)
 SPEC_FORMS = "'digits', 'cifar:PATH' or 'imagefolder:PATH'"
 
 
@@ -53,6 +55,7 @@ class DatasetBundle:
         input_size: H = W of the images yielded.
         name: ``digits``, ``cifar:PATH`` or ``imagefolder:PATH``.
         calib: the training images with the val transform, for BatchNorm recalibration of subnets.
+        preprocessing: the val transform's normalisation and resize, as exported architectures record it.
     """
 
     train: Dataset
@@ -62,6 +65,7 @@ class DatasetBundle:
     input_size: int
     name: str
     calib: Dataset
+    preprocessing: Preprocessing | None = None
 
 
 class TensorTransform:
@@ -94,6 +98,7 @@ class TensorTransform:
         self.crop_padding = crop_padding
         self.padding_mode = padding_mode
         self.hflip = hflip
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         # (x / 255 - mean) / std folded into one multiply-add on the 0..255 values.
         self.scale = 1.0 / (255.0 * std_t)
@@ -175,6 +180,8 @@ def _tensor_bundle(
         input_size=input_size,
         name=name,
         calib=TensorImageDataset(train_images, train_labels, val_tf),
+        # TensorTransform resizes straight to the input size, bilinear, with no crop.
+        preprocessing=Preprocessing(tuple(val_tf.mean), tuple(val_tf.std), "bilinear", 1.0, name),
     )
 
 
@@ -213,7 +220,7 @@ def _load_cifar(path: str, input_size: int, augment: bool) -> DatasetBundle:
 
 def _load_imagefolder(path: str, input_size: int, augment: bool) -> DatasetBundle:
     common = dict(interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
-    val_tf = create_transform(input_size, is_training=False, **common)
+    val_tf = create_transform(input_size, is_training=False, crop_pct=EVAL_CROP_PCT, **common)
     train_tf = (
         create_transform(
             input_size,
@@ -237,6 +244,8 @@ def _load_imagefolder(path: str, input_size: int, augment: bool) -> DatasetBundl
         input_size=input_size,
         name=f"imagefolder:{path}",
         calib=splits.calib,
+        preprocessing=Preprocessing(tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), "bicubic",
+                                    EVAL_CROP_PCT, f"imagefolder:{path}"),
     )
 
 

@@ -4,7 +4,9 @@ Each file is named so a person can tell them apart (trial number, accuracy, GFLO
 e.g. ``trial0012_acc87.3_gf0.041_win-dw-dge.yaml``. With weights, the network written is the one the
 search scored: the caller passes the scoring network's maker (``CandidateEvaluator.prepare``: supernet
 weights, the same fine-tuning if any, BatchNorm recalibrated the same way), so loading it reproduces the
-recorded accuracy. A manifest ``exported.csv`` lists what was written.
+recorded accuracy. Every file records the preprocessing of the data the supernet trained on (its
+normalisation and resize), so ``timm.create_model("mixnas", arch=...)`` gets a ``pretrained_cfg`` that feeds
+the network as it was scored. A manifest ``exported.csv`` lists what was written.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from mixnas.errors import ResultsError
 from mixnas.results.pareto import pareto_front
 from mixnas.search_space import ArchConfig
 from mixnas.supernet.checkpoint import save_weights
+from mixnas.training import read_preprocessing
 from mixnas.trials import load_trials
 
 
@@ -75,11 +78,13 @@ def export_architectures(
     if not df["latency_ms"].notna().any():
         objectives = [o for o in objectives if o != "latency"]
     chosen = select_trials(df, trials, pareto, objectives, str(run_dir))
+    preprocessing = read_preprocessing(run_dir)
     written, manifest = [], []
     for _, row in tqdm(list(chosen.iterrows()), desc="export", disable=not progress, leave=False):
         arch = ArchConfig.from_dict(json.loads(row["arch"]))
         stem = export_name(row, arch)
         arch = arch.with_name(f"trial {int(row['number'])}: {row['accuracy']:.2f}% top-1, {row['gflops']:.4g} GFLOPs")
+        arch = arch.with_preprocessing(preprocessing)
         yaml_path = out_dir / f"{stem}.yaml"
         arch.to_yaml(yaml_path)
         entry = {"file": yaml_path.name, "trial": int(row["number"]), "arch_id": row["arch_id"],

@@ -191,9 +191,15 @@ def _stem_builder(space: SearchSpace, dim: int) -> Callable[[], tuple[nn.Module,
     return build
 
 
+def _classify(part: nn.Module, tokens: Tensor) -> Tensor:
+    """``MixerNet.classify`` on a part holding the head's modules."""
+    return MixerNet.forward_head(part, part.norm(tokens))  # type: ignore[arg-type]
+
+
 def _head_builder(space: SearchSpace, dim: int) -> Callable[[], tuple[nn.Module, ComponentCall]]:
     def build() -> tuple[nn.Module, ComponentCall]:
-        part = _Part(build_model(_with_dim(space, len(space.stages) - 1, dim)), ("norm", "head"), MixerNet.classify)
+        part = _Part(build_model(_with_dim(space, len(space.stages) - 1, dim)),
+                     ("norm", "head", "head_drop", "global_pool"), _classify)
         return part, lambda module, x: module(x)
 
     return build

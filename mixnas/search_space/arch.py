@@ -38,6 +38,7 @@ from mixnas.search_space._fields import (
     read_int,
     read_list,
 )
+from mixnas.search_space.preprocessing import Preprocessing, read_preprocessing
 from mixnas.search_space.registry import MixerSpec, get_mixer, mixer_names
 
 FFN_TYPES = ["mlp", "local"]
@@ -194,7 +195,7 @@ class StageConfig:
 STAGE_KEYS = {"depth", "dim", "heads", "mlp_ratio", "ffn", "mixer"}
 TOP_KEYS = {
     "name", "input_size", "in_chans", "num_classes", "patch_size", "layout",
-    "pos_embed", "stem_norm", "drop_path_rate", "layer_norm_eps", "stages",
+    "pos_embed", "stem_norm", "drop_path_rate", "layer_norm_eps", "stages", "preprocessing",
 }
 
 
@@ -272,6 +273,8 @@ class ArchConfig:
         layer_norm_eps: epsilon of every LayerNorm: 1e-5 (Swin, DWNet; the default) or 1e-6 (DeiT,
             LocalViT, Refiner, DGE).
         name: a label; not part of the architecture's identity (``arch_id``).
+        preprocessing: how the inputs of its trained weights are normalised and resized (exported
+            architectures record their dataset's); a label like ``name``, not part of ``arch_id``.
     """
 
     input_size: int
@@ -285,6 +288,7 @@ class ArchConfig:
     drop_path_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     name: str | None = field(default=None, compare=False)
+    preprocessing: Preprocessing | None = field(default=None, compare=False)
 
     # ----------------------------------------------------------------------------------------- parsing
     @classmethod
@@ -313,6 +317,7 @@ class ArchConfig:
                 drop_path_rate=read_float(d, "drop_path_rate", "", 0.0, low=0.0, high=0.99),
                 layer_norm_eps=read_float(d, "layer_norm_eps", "", 1e-5, low=0.0, high=0.1, low_open=True),
                 name=name,
+                preprocessing=read_preprocessing(d, "preprocessing", ""),
             )
             arch.validate()
         except ConfigError as e:
@@ -324,6 +329,8 @@ class ArchConfig:
         resolutions = check_geometry(self.input_size, self.patch_size, self.layout, len(self.stages), "")
         for i, (stage, res) in enumerate(zip(self.stages, resolutions)):
             check_stage(stage, res, f"stages[{i}]")
+        if self.preprocessing is not None:
+            self.preprocessing.check_channels(self.in_chans)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ArchConfig:
@@ -341,6 +348,7 @@ class ArchConfig:
 
     # ------------------------------------------------------------------------------------------- output
     def to_dict(self, with_name: bool = True) -> dict[str, Any]:
+        """The YAML/JSON form; ``with_name=False`` leaves out the labels (``name``, ``preprocessing``)."""
         out: dict[str, Any] = {}
         if with_name and self.name is not None:
             out["name"] = self.name
@@ -356,6 +364,8 @@ class ArchConfig:
             layer_norm_eps=self.layer_norm_eps,
             stages=[s.to_dict() for s in self.stages],
         )
+        if with_name and self.preprocessing is not None:
+            out["preprocessing"] = self.preprocessing.to_dict()
         return out
 
     def to_yaml(self, path: str | Path | None = None) -> str:
@@ -391,6 +401,9 @@ class ArchConfig:
 
     def with_name(self, name: str | None) -> ArchConfig:
         return replace(self, name=name)
+
+    def with_preprocessing(self, preprocessing: Preprocessing | None) -> ArchConfig:
+        return replace(self, preprocessing=preprocessing)
 
     def summary(self) -> str:
         """One line per architecture: ``win7/d2/96 | dw7/d2/192 | ...``."""

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import torch
 from timm.layers import drop_path, trunc_normal_
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from mixnas.search_space import ArchConfig, SearchSpace, StageChoices, StageConfig, get_mixer
+from mixnas.search_space import ArchConfig, Preprocessing, SearchSpace, StageChoices, StageConfig, get_mixer
 from mixnas.search_space.arch import stage_resolutions
 from mixnas.supernet.elastic import (
     ElasticBatchNorm2d,
@@ -147,30 +149,60 @@ class Stage(nn.Module):
         super().__init__()
         self.downsample = PatchMerging(in_dim, limits.dim, eps) if in_dim is not None else None
         self.blocks = nn.ModuleList(Block(limits, eps) for _ in range(limits.depth))
+        self.grad_checkpointing = False
 
     def forward(self, x: Tensor, stage: StageConfig, drop_probs: list[float]) -> tuple[Tensor, list[DynamicCost]]:
         if self.downsample is not None:
             x = self.downsample(x, stage.dim)
         costs = []
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         for i in range(stage.depth):
-            x, cost = self.blocks[i](x, stage, i, drop_probs[i])
+            if recompute:  # activations recomputed in backward (timm's set_grad_checkpointing)
+                x, cost = checkpoint(self.blocks[i], x, stage, i, drop_probs[i], use_reentrant=False)
+            else:
+                x, cost = self.blocks[i](x, stage, i, drop_probs[i])
             if cost is not None:
                 costs.append(cost)
         return x, costs
 
 
+GLOBAL_POOLS = ("avg", "")
+
+
+def pretrained_cfg_of(input_size: int, in_chans: int, num_classes: int, pool_size: int,
+                      preprocessing: Preprocessing | None) -> dict:
+    """timm's ``pretrained_cfg`` of a mixnas network: its input and the preprocessing its weights expect
+    (ImageNet's, as timm assumes, when the architecture records none)."""
+    p = preprocessing or Preprocessing()
+    return {
+        "architecture": "mixnas", "input_size": (in_chans, input_size, input_size), "fixed_input_size": True,
+        "pool_size": (pool_size, pool_size), "interpolation": p.interpolation, "crop_pct": p.crop_pct,
+        "crop_mode": "center", "mean": tuple(p.mean), "std": tuple(p.std), "num_classes": num_classes,
+        "first_conv": "patch_embed", "classifier": "head", "license": "apache-2.0",
+    }
+
+
 class MixerNet(nn.Module):
     """Stem, stages, head; runs any architecture of the space it was built for.
+
+    It follows timm's model contract (``forward_features``, ``forward_head``, ``reset_classifier``,
+    ``forward_intermediates``, ``feature_info``, ``pretrained_cfg`` ...), so a standalone network is a timm
+    model (``timm.create_model("mixnas", arch=...)``, ``mixnas.supernet.timm_model``).
 
     Args:
         space: the architectures this network can run; every module holds its largest size.
         default_arch: the architecture ``forward`` runs when none is given (standalone models).
+        global_pool: ``avg`` (mean over the tokens) or ``''`` (no pooling: the head sees the token map).
+        drop_rate: dropout before the classifier.
     """
 
-    def __init__(self, space: SearchSpace, default_arch: ArchConfig | None = None) -> None:
+    def __init__(self, space: SearchSpace, default_arch: ArchConfig | None = None, global_pool: str = "avg",
+                 drop_rate: float = 0.0) -> None:
         super().__init__()
         if space.num_classes is None:
             raise ValueError("the space's num_classes is 'auto': resolve it with space.with_num_classes(n) first")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
         self.space = space
         self.default_arch = default_arch
         eps = space.layer_norm_eps
@@ -190,7 +222,19 @@ class MixerNet(nn.Module):
             for i, lim in enumerate(self.limits)
         )
         self.norm = ElasticLayerNorm(self.limits[-1].dim, eps=eps)
-        self.head = ElasticLinear(self.limits[-1].dim, space.num_classes)
+        self.num_classes = space.num_classes
+        self.num_features = self.head_hidden_size = self.limits[-1].dim
+        self.global_pool = global_pool
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head: nn.Module = ElasticLinear(self.limits[-1].dim, space.num_classes)
+        self.feature_info = [
+            {"num_chs": lim.dim, "reduction": space.input_size // r, "module": f"stages.{i}"}
+            for i, (lim, r) in enumerate(zip(self.limits, resolutions))
+        ]
+        preprocessing = default_arch.preprocessing if default_arch is not None else None
+        self.pretrained_cfg = pretrained_cfg_of(space.input_size, space.in_chans, space.num_classes,
+                                                resolutions[-1], preprocessing)
+        self.default_cfg = self.pretrained_cfg
 
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW must not decay (timm's optimizer factory reads this): the position embedding,
@@ -206,6 +250,40 @@ class MixerNet(nn.Module):
         if self.pos_embed is not None:
             names.add("pos_embed")
         return names
+
+    # ------------------------------------------------------------------------------ timm's model contract
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups by depth (timm's layer-wise learning-rate decay reads this)."""
+        return {
+            "stem": r"^patch_embed|^stem_norm|^pos_embed",
+            "blocks": r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.downsample", (0,)), (r"^stages\.(\d+)\.blocks\.(\d+)", None), (r"^norm", (99999,)),
+            ],
+        }
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in backward instead of keeping them."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, freshly initialised classifier of ``num_classes`` outputs (0: none, the model returns its
+        pooled features); ``global_pool`` ``avg`` or ``''`` (the unpooled token map)."""
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0 (0 removes the classifier), got {num_classes}")
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        # pretrained_cfg keeps describing the weights it came with (timm's convention: its num_classes is theirs)
+        self.head = ElasticLinear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def drop_path_rates(self, arch: ArchConfig) -> list[list[float]]:
         """Stochastic depth rising linearly from 0 to arch.drop_path_rate over the active blocks."""
@@ -227,9 +305,17 @@ class MixerNet(nn.Module):
             x = x + active_slice(self.pos_embed, (1, h * w, c)).view(1, h, w, c)
         return x
 
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """(B, h, w, C) normed tokens -> (B, num_classes) logits; ``pre_logits``: the pooled (B, C) features.
+        With ``global_pool=''`` nothing is pooled: (B, h, w, ...)."""
+        if self.global_pool == "avg":
+            x = x.mean((1, 2))
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
     def classify(self, tokens: Tensor) -> Tensor:
         """The head: (B, h, w, C) last-stage tokens -> (B, num_classes) logits (LayerNorm, mean, Linear)."""
-        return self.head(self.norm(tokens).mean((1, 2)))
+        return self.forward_head(self.norm(tokens))
 
     def _features(self, x: Tensor, arch: ArchConfig) -> tuple[Tensor, list[DynamicCost]]:
         x = self.embed(x, arch.stages[0].dim)
@@ -246,8 +332,48 @@ class MixerNet(nn.Module):
         return arch
 
     def forward_features(self, x: Tensor, arch: ArchConfig | None = None) -> Tensor:
-        """(B, C_in, H, W) images -> (B, h, w, C_last) normed tokens."""
+        """(B, C_in, H, W) images -> (B, h, w, C_last) normed tokens (NHWC, as timm's Swin)."""
         return self.norm(self._features(x, self._arch(arch))[0])
+
+    def forward_intermediates(
+        self, x: Tensor, indices: int | list[int] | None = None, norm: bool = False, stop_early: bool = False,
+        output_fmt: str = "NCHW", intermediates_only: bool = False, arch: ArchConfig | None = None,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The map after each stage (timm's contract): ``indices`` the last n stages (int), these stages
+        (list) or all (None); ``norm`` applies the final norm to the last stage's map; ``output_fmt``
+        ``NCHW`` or ``NHWC``. Returns the maps, or (the final normed tokens, the maps)."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        arch = self._arch(arch)
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        x = self.embed(x, arch.stages[0].dim)
+        last = len(self.stages) - 1
+        maps = []
+        i = 0
+        for i, (stage_module, stage, drop_probs) in enumerate(zip(self.stages, arch.stages,
+                                                                  self.drop_path_rates(arch))):
+            if stop_early and i > max_index:
+                break
+            x, _ = stage_module(x, stage, drop_probs)
+            if i in take:
+                y = self.norm(x) if norm and i == last else x
+                maps.append(y.permute(0, 3, 1, 2).contiguous() if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return maps
+        return (self.norm(x) if i == last else x), maps
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last one ``indices`` asks for (and the norm, the head); returns the
+        stage indices kept."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        self.feature_info = self.feature_info[:max_index + 1]
+        if prune_norm or max_index < len(self.limits) - 1:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
 
     def forward_with_costs(self, x: Tensor, arch: ArchConfig | None = None) -> tuple[Tensor, list[DynamicCost]]:
         """(B, C_in, H, W) images -> ((B, num_classes) logits, the dynamic cost of each input-dependent
@@ -260,10 +386,11 @@ class MixerNet(nn.Module):
         return self.forward_with_costs(x, arch)[0]
 
 
-def build_model(arch: ArchConfig) -> MixerNet:
-    """The standalone network of one architecture (weights at exactly its sizes)."""
+def build_model(arch: ArchConfig, global_pool: str = "avg", drop_rate: float = 0.0) -> MixerNet:
+    """The standalone network of one architecture (weights at exactly its sizes); ``global_pool`` and
+    ``drop_rate`` as ``MixerNet`` takes them."""
     arch.validate()
-    return MixerNet(SearchSpace.from_arch(arch), default_arch=arch)
+    return MixerNet(SearchSpace.from_arch(arch), default_arch=arch, global_pool=global_pool, drop_rate=drop_rate)
 
 
 def dynamic_block_names(arch: ArchConfig) -> list[str]:
@@ -272,5 +399,5 @@ def dynamic_block_names(arch: ArchConfig) -> list[str]:
             for j in range(s.depth)]
 
 
-__all__ = ["Block", "MixerNet", "PatchMerging", "Stage", "StageLimits", "budget_loss", "build_model",
-           "dynamic_block_names"]
+__all__ = ["GLOBAL_POOLS", "Block", "MixerNet", "PatchMerging", "Stage", "StageLimits", "budget_loss", "build_model",
+           "dynamic_block_names", "pretrained_cfg_of"]

@@ -17,6 +17,7 @@ from mixnas.training.supernet import (
     TrainConfig,
     prepare_run_dir,
     read_config,
+    read_preprocessing,
     read_space,
     resolve_num_classes,
     sandwich_archs,
@@ -26,6 +27,7 @@ from mixnas.training.supernet import (
 __all__ = [
     "DistributedContext", "SandwichLoss", "Schedule", "StandaloneConfig", "StepInfo", "StepResult", "TrainConfig",
     "batchnorm_layers", "check_out_dir", "epoch_seed", "evaluate_accuracy", "fit", "limit_batches",
-    "prepare_run_dir", "read_config", "read_space", "recalibrate_batchnorm", "resolve_num_classes",
+    "prepare_run_dir", "read_config", "read_preprocessing",
+    "read_space", "recalibrate_batchnorm", "resolve_num_classes",
     "sandwich_archs", "subnet_accuracy", "train_architecture", "train_supernet", "write_metrics_csv",
 ]

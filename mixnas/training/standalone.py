@@ -196,8 +196,8 @@ def train_architecture(
     def prepare() -> None:
         run.path.mkdir(parents=True, exist_ok=True)
         lock.enter_context(drive(run.path, "train"))  # refuses while another process trains here
-        if not run.arch_file.exists():
-            arch.to_yaml(run.arch_file)
+        if not run.arch_file.exists():  # with its data's preprocessing, so the trained model loads in timm
+            arch.with_preprocessing(bundle.preprocessing).to_yaml(run.arch_file)
         run.write_settings(config)
 
     def describe(row: dict[str, Any]) -> str:

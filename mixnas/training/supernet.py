@@ -31,7 +31,7 @@ from mixnas.device import resolve_device
 from mixnas.errors import CheckpointError, ConfigError
 from mixnas.lock import drive
 from mixnas.run_dir import RunDir, changed_setting
-from mixnas.search_space import ArchConfig, SearchSpace
+from mixnas.search_space import ArchConfig, Preprocessing, SearchSpace
 from mixnas.supernet import Supernet, budget_loss
 from mixnas.supernet.checkpoint import load_weights
 from mixnas.training._loop import DistributedContext, Schedule, StepInfo, StepResult, epoch_seed, fit
@@ -245,14 +245,36 @@ def check_run_dir(run: RunDir, space: SearchSpace, config: TrainConfig) -> None:
         run.check_settings(config)
 
 
-def prepare_run_dir(run_dir: str | Path, space: SearchSpace, config: TrainConfig) -> None:
-    """Create a run directory, or check that an existing one was started with the same space and config."""
+def prepare_run_dir(run_dir: str | Path, space: SearchSpace, config: TrainConfig,
+                    preprocessing: Preprocessing | None = None) -> None:
+    """Create a run directory, or check that an existing one was started with the same space and config;
+    records the data's ``preprocessing`` (exported architectures carry it)."""
     run = RunDir(run_dir)
     check_run_dir(run, space, config)
     run.path.mkdir(parents=True, exist_ok=True)
     if not run.space_file.exists():
         space.to_yaml(run.space_file)
     run.write_settings(config)
+    if preprocessing is not None:
+        atomic_write_text(run.preprocessing_file, json.dumps(preprocessing.to_dict(), indent=2) + "\n")
+
+
+def read_preprocessing(run_dir: str | Path | RunDir) -> Preprocessing:
+    """The preprocessing of the data a supernet run trained on: its record, or (a run from before records
+    were kept) the dataset's, which loading the dataset recomputes."""
+    from mixnas.data import load_dataset
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    path = run.preprocessing_file
+    if path.is_file():
+        try:
+            return Preprocessing.from_dict(json.loads(path.read_text()), str(path))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise CheckpointError(f"{path}: corrupt; delete it and mixnas recomputes it from the dataset") from None
+    config = read_config(run)
+    bundle = load_dataset(config.data, read_space(run).input_size, seed=config.seed)
+    assert bundle.preprocessing is not None
+    return bundle.preprocessing
 
 
 def resolve_num_classes(space: SearchSpace, num_classes: int, data: str, override: int | None = None,
@@ -358,7 +380,7 @@ def _train_supernet(
         if ctx.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
             lock.enter_context(drive(run.path, "supernet train"))  # refuses while another process trains here
-            prepare_run_dir(run.path, space, config)
+            prepare_run_dir(run.path, space, config, bundle.preprocessing)
         if ctx.world_size > 1:
             dist.barrier()
 
@@ -380,5 +402,6 @@ def _train_supernet(
 
 __all__ = [
     "METRIC_COLUMNS", "SandwichLoss", "TrainConfig", "check_run_dir", "distributed_session", "init_distributed",
-    "prepare_run_dir", "read_config", "read_space", "resolve_num_classes", "sandwich_archs", "train_supernet",
+    "prepare_run_dir", "read_config", "read_preprocessing",
+    "read_space", "resolve_num_classes", "sandwich_archs", "train_supernet",
 ]

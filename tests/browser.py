@@ -95,11 +95,15 @@ class RenderedPage:
         plots: one dict per plotly graph: ``id``, ``svg`` (``.main-svg`` count), ``gl`` (WebGL
             canvases), ``traces`` (each with ``name``, ``type`` and ``points``: the first
             ``customdata`` entry per point, the trial number on this package's scatter plots).
+        plotly: the version of the ``Plotly`` global the page ended with; None when it has none.
+        scripts: the absolute URL of every ``<script src>`` of the page, in order.
     """
 
     dom: str
     errors: list[str] = field(default_factory=list)
     plots: list[dict[str, Any]] = field(default_factory=list)
+    plotly: str | None = None
+    scripts: list[str] = field(default_factory=list)
 
 
 _PROBE_HEAD = """<script>
@@ -132,9 +136,13 @@ window.addEventListener("load", function () { setTimeout(function () {
       })
     };
   });
+  var scripts = Array.prototype.filter.call(document.scripts, function (s) { return s.src; })
+    .map(function (s) { return s.src; });
+  var version = typeof window.Plotly === "undefined" ? null : String(window.Plotly.version);
   var out = document.createElement("pre");
   out.id = "render-report";
-  out.textContent = JSON.stringify({errors: window.__renderErrors, plots: plots});
+  out.textContent = JSON.stringify({errors: window.__renderErrors, plots: plots, plotly: version,
+                                    scripts: scripts});
   document.body.appendChild(out);
 }, WAIT_MS); });
 </script>"""
@@ -146,7 +154,9 @@ def render_page(html_path: str | Path, wait_ms: int = 2000, timeout: float = 120
     A copy of the page gets two small scripts: one at the top of ``<head>`` that records errors
     before plotly.js runs, one at the end that, ``wait_ms`` after load, writes a JSON report of the
     plotly graphs into the DOM. Chromium's ``--dump-dom`` then returns that DOM; virtual time makes
-    the wait cost no real time. The original page is left untouched.
+    the wait cost no real time. The copy sits in a temporary folder with a ``<base>`` naming the page's
+    own folder, so its relative links and scripts (``plotly.min.js``) load from beside the original,
+    which is left untouched.
 
     Args:
         html_path: the page.
@@ -157,7 +167,8 @@ def render_page(html_path: str | Path, wait_ms: int = 2000, timeout: float = 120
     text = page.read_text()
     head = re.search(r"<head[^>]*>", text, flags=re.IGNORECASE)
     at = head.end() if head else 0
-    text = text[:at] + _PROBE_HEAD + text[at:]
+    base = f'<base href="{html.escape(page.parent.as_uri())}/">'
+    text = text[:at] + base + _PROBE_HEAD + text[at:]
     tail = _PROBE_TAIL.replace("WAIT_MS", str(int(wait_ms)))
     end = text.lower().rfind("</body>")
     text = text[:end] + tail + text[end:] if end >= 0 else text + tail
@@ -173,4 +184,5 @@ def render_page(html_path: str | Path, wait_ms: int = 2000, timeout: float = 120
     if report is None:
         return RenderedPage(dom=dom, errors=["the page never finished loading (no render report)"])
     data = json.loads(html.unescape(report.group(1)))
-    return RenderedPage(dom=dom, errors=list(data["errors"]), plots=list(data["plots"]))
+    return RenderedPage(dom=dom, errors=list(data["errors"]), plots=list(data["plots"]), plotly=data["plotly"],
+                        scripts=list(data["scripts"]))

@@ -1,11 +1,13 @@
 """The Ray Tune runner.
 
 Without Ray: the searcher that hands Optuna each trial's constraints and failures, the trial budget a
-restored experiment takes from the current run, and a worker's report of a failing candidate.
+restored experiment takes from the current run, a worker's report of a failing candidate, and a restored
+searcher that takes the run's Optuna journal as the truth.
 With a local Ray instance on the 2-core machine (slow, about three minutes): 8 trials whose table has the
 Optuna runner's columns, dtypes and meaning, every worker process loading the supernet once, every Ray
 server listening on 127.0.0.1 only, and running again restoring the experiment (nothing new for the same
-number of trials, two more for 10).
+number of trials, two more for 10); the journal that ``optuna.load_study`` opens holds each trial once,
+also after a restore from an experiment older than the journal (a driver killed between Tune's saves).
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ import pandas as pd
 import pytest
 import ray
 import torch
-from ray import cloudpickle
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray import cloudpickle, tune
 from ray.tune.search.concurrency_limiter import ConcurrencyLimiter
 
 import mixnas.search.ray_runner as ray_runner
@@ -37,7 +42,15 @@ from mixnas.results import load_trials
 from mixnas.run_dir import RunDir
 from mixnas.search import Limits
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
-from mixnas.search.optuna_runner import SearchSettings, make_sampler, run_optuna_search, warm_start_archs
+from mixnas.search.optuna_runner import (
+    STUDY_NAME,
+    SearchSettings,
+    create_run_study,
+    journal_storage,
+    make_sampler,
+    run_optuna_search,
+    warm_start_archs,
+)
 from mixnas.search.ray_runner import (
     RUN_KEY,
     ConstrainedOptunaSearch,
@@ -83,6 +96,31 @@ def result(accuracy: float, gflops: float, **extra: Any) -> dict[str, Any]:
     """A worker's report as Tune passes it to the searcher (flat keys)."""
     return {"accuracy": accuracy, "gflops": gflops, "latency_ms": 1.0, "failed": False, "failure_reason": "",
             **extra}
+
+
+def load_journal(path: Path) -> optuna.Study:
+    """The study as a reader opens it: ``optuna.load_study`` on the journal file, nothing of mixnas."""
+    return optuna.load_study(study_name="mixnas", storage=JournalStorage(JournalFileBackend(str(path))))
+
+
+def searched_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that stand for a searched architecture: not a sampler's repeat, not still queued."""
+    return [t for t in study.trials if "duplicate_of" not in t.user_attrs and t.state != TrialState.WAITING]
+
+
+def check_journal(run: Path, table: pd.DataFrame) -> None:
+    """The run's journal holds the table's searched trials once each, in order, with their values."""
+    study = load_journal(run / "search" / "journal.log")
+    assert study.metric_names == METRICS
+    assert study.user_attrs == {"objectives": list(OBJECTIVES), "backend": "ray"}
+    searched = searched_trials(study)
+    rows = table[~table["is_reference"]].sort_values("number")
+    assert [t.user_attrs["arch_id"] for t in searched] == list(rows["arch_id"])
+    assert len({json.dumps(t.params, sort_keys=True) for t in searched}) == len(searched)
+    for t, row in zip(searched, rows.itertuples()):
+        assert t.state.name == row.state, (t.number, row.number)
+        if row.state == "COMPLETE":
+            assert t.values == pytest.approx([row.accuracy, row.gflops, row.latency_ms])
 
 
 # ------------------------------------------------------------------------------------------ without Ray
@@ -188,6 +226,131 @@ def test_restoring_a_search_for_other_objectives_is_refused(tmp_path: Path) -> N
     with pytest.raises(ConfigError, match="optimised accuracy,params"):
         run_ray_search(tmp_path, SearchSettings(trials=2, objectives=OBJECTIVES), FAST, RaySettings())
     assert not ray.is_initialized()
+
+
+def journal_searcher(space: SearchSpace, journal: Path) -> ConstrainedOptunaSearch:
+    return ConstrainedOptunaSearch(space=ray_runner.ArchSpace(space), metric=METRICS, mode=["max", "min", "min"],
+                                   sampler=make_sampler("random", 8, 0), storage=journal_storage(journal),
+                                   study_name=STUDY_NAME)
+
+
+def test_a_restored_searcher_takes_the_journal_as_the_truth(tmp_path: Path) -> None:
+    """Tune saved the searcher after trial 0 finished; the driver then asked two more trials, told trial 1
+    and one of the new ones, and was killed. The restored searcher hands the two trials it missed out again
+    (under their own Optuna trials), does not tell trial 1 twice, and the journal ends with each trial once."""
+    space = SearchSpace.from_dict(TINY_SPACE)
+    journal = tmp_path / "search" / "journal.log"
+    create_run_study(journal_storage(journal), SearchSettings(trials=8), "ray")
+    search = journal_searcher(space, journal)
+    created = cloudpickle.dumps(search)  # what Tuner.restore brings back first (tuner.pkl)
+    first = [search.suggest("t0"), search.suggest("t1")]
+    search.on_trial_complete("t0", result=result(60.0, 0.0002))
+    search.save(str(tmp_path / "searcher.pkl"))  # Tune's last save before the kill
+    missed = [search.suggest("t2"), search.suggest("t3")]
+    search.on_trial_complete("t1", result=result(61.0, 0.0002))
+    search.on_trial_complete("t3", result=result(63.0, 0.0002))
+    before = load_journal(journal).trials
+
+    restored = cloudpickle.loads(created)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.reopen(journal)
+    restored.on_trial_complete("t1", result=result(61.5, 0.0002))  # Tune ran it again: told already
+    again = [restored.suggest("u2"), restored.suggest("u3")]
+    assert [(c["number"], c["arch"]) for c in again] == [(c["number"], c["arch"]) for c in missed]
+    restored.on_trial_complete("u2", result=result(62.0, 0.0002))
+    restored.on_trial_complete("u3", result=result(63.5, 0.0002))  # told before the kill: kept
+    assert len(load_journal(journal).trials) == len(before)  # no Optuna trial was added for them
+
+    fresh = restored.suggest("u4")
+    restored.on_trial_complete("u4", result=result(64.0, 0.0002))
+    study = load_journal(journal)
+    searched = searched_trials(study)
+    configs = first + missed + [fresh]
+    assert [t.user_attrs["arch"] for t in searched] == [c["arch"] for c in configs]
+    assert [t.values[0] for t in searched] == [60.0, 61.0, 62.0, 63.0, 64.0]
+    assert all(t.state == TrialState.COMPLETE for t in searched)
+    assert not any(t.state == TrialState.RUNNING for t in study.trials)
+
+
+def test_a_searcher_saved_before_the_journal_moves_its_study_there(tmp_path: Path) -> None:
+    """An experiment whose searcher kept its study in memory (saved before searchers wrote the journal)
+    continues in the journal: the restored searcher's trials go into the journal's empty study."""
+    space = SearchSpace.from_dict(TINY_SPACE)
+    search = searcher(space)
+    created = cloudpickle.dumps(search)
+    configs = [search.suggest(f"t{i}") for i in range(3)]
+    search.on_trial_complete("t0", result=result(60.0, 0.0002))
+    search.save(str(tmp_path / "searcher.pkl"))
+    journal = tmp_path / "search" / "journal.log"
+    create_run_study(journal_storage(journal), SearchSettings(trials=8), "ray")  # prepare_journal's part
+
+    restored = cloudpickle.loads(created)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.reopen(journal)
+    restored.on_trial_complete("t1", result=result(61.0, 0.0002))
+    study = load_journal(journal)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.RUNNING]
+    assert [t.values for t in study.trials[:2]] == [[60.0, 0.0002, 1.0], [61.0, 0.0002, 1.0]]
+    assert [t.params for t in study.trials] == [search._ot_study.trials[i].params for i in range(3)]
+    assert study.metric_names == METRICS
+    assert restored.suggest("t3")["number"] == len(configs)
+
+
+def test_a_trial_given_up_for_its_worker_is_told_when_it_runs_again(tmp_path: Path) -> None:
+    """Tune gives a trial up (``error``) when its worker dies; the restore runs it again under the same
+    Tune trial, which the concurrency limiter no longer holds. Its Optuna trial waits for that result."""
+    space = SearchSpace.from_dict(TINY_SPACE)
+    journal = tmp_path / "search" / "journal.log"
+    create_run_study(journal_storage(journal), SearchSettings(trials=8), "ray")
+    budget = TrialBudget(ConcurrencyLimiter(journal_searcher(space, journal), max_concurrent=2), trials=8,
+                         progress=False)
+    limiter = budget.searcher
+    limiter.suggest("t0")
+    budget.on_trial_complete("t0", error=True)
+    (trial,) = searched_trials(load_journal(journal))
+    assert trial.state == TrialState.RUNNING
+    budget.on_trial_complete("t0", result=result(60.0, 0.0002))
+    (trial,) = searched_trials(load_journal(journal))
+    assert trial.state == TrialState.COMPLETE and trial.values == [60.0, 0.0002, 1.0]
+
+
+def test_a_journal_the_optuna_backend_writes_is_refused(tmp_path: Path) -> None:
+    SearchSpace.from_dict(TINY_SPACE).to_yaml(tmp_path / SPACE_FILE)
+    (tmp_path / WEIGHTS_FILE).touch()
+    settings = SearchSettings(trials=2, objectives=OBJECTIVES)
+    create_run_study(journal_storage(tmp_path / "search" / "journal.log"), settings, "optuna")
+    with pytest.raises(ConfigError, match="searched with --backend optuna; --backend ray would mix"):
+        run_ray_search(tmp_path, settings, FAST, RaySettings(), progress=False)
+    assert not ray.is_initialized() and not (tmp_path / "search" / "eval_settings.json").exists()
+
+
+def test_the_journal_and_the_experiment_must_belong_together(tmp_path: Path) -> None:
+    """What ``prepare_journal`` finds before Ray starts, and what it does."""
+    run = RunDir(tmp_path)
+    settings = SearchSettings(trials=2, objectives=OBJECTIVES)
+    storage = journal_storage(run.journal)
+    # A start stopped before Tune saved anything (no experiment, nothing finished): its study is replaced.
+    create_run_study(storage, settings, "ray").ask()
+    ray_runner.prepare_journal(run, settings)
+    assert load_journal(run.journal).trials == []
+    # Finished trials whose experiment is gone would not reach the trial table: refused.
+    study = load_journal(run.journal)
+    study.tell(study.ask(), [50.0, 0.1, 1.0])
+    with pytest.raises(ConfigError, match="whose experiment .* is gone"):
+        ray_runner.prepare_journal(run, settings)
+    # An experiment that wrote its trials to a journal that is gone: refused.
+    optuna.delete_study(study_name=STUDY_NAME, storage=storage)
+    run.ray_dir.mkdir(parents=True)
+    (run.ray_dir / "tuner.pkl").write_bytes(b"never unpickled here")
+    ray_runner.write_experiment_settings(run.ray_dir, settings)
+    with pytest.raises(ConfigError, match="missing, but the Ray search"):
+        ray_runner.prepare_journal(run, settings)
+    # An experiment from before searchers wrote the journal: an empty study, which its searcher fills.
+    run.ray_settings_file.write_text(json.dumps({"objectives": list(OBJECTIVES)}))
+    ray_runner.prepare_journal(run, settings)
+    study = load_journal(run.journal)
+    assert study.trials == [] and study.user_attrs["backend"] == "ray" and study.metric_names == METRICS
+    assert json.loads(run.ray_settings_file.read_text())["journal"] is True
 
 
 # ------------------------------------------------------------------------------------------ with Ray
@@ -300,6 +463,7 @@ def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_pat
     assert warm and list(searched.sort_values("number")["arch_id"].iloc[:len(warm)]) == warm
     disk = load_trials(run)
     assert list(disk["arch_id"]) == list(table["arch_id"]) and list(disk["number"]) == list(table["number"])
+    check_journal(run, table)  # the study optuna.load_study opens, as after an Optuna-backend search
 
     # Tune reused the trial actors: each worker process loaded the supernet once, for all its trials.
     reports = trial_reports(run)
@@ -342,12 +506,42 @@ def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_pat
         ray.shutdown()
     searched_more = more[~more["is_reference"]]
     assert list(searched_more["number"]) == list(range(10))
+    check_journal(run, more)  # the restored searcher went on in the same study: 10 trials, each once
+    check_journal(broken, failing)
     pd.testing.assert_frame_equal(searched_more.iloc[:8], searched, check_index_type=False)
     assert len(list((run / "search" / "ray").glob("trial_*"))) == 10
     assert len(load_trials(run)) == len(more)
     assert list(failing["state"]) == ["FAIL"] * 3 and list(failing["number"]) == [0, 1, 2]
     assert (failing["failure_reason"] == "FloatingPointError: objective latency is nan").all()
     assert failing["accuracy"].isna().all() and not failing["feasible"].any()
+
+
+@pytest.mark.slow
+def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(trained: Path, tmp_path: Path) -> None:
+    """A driver killed between two of Tune's saves leaves the journal ahead of the experiment. Here the
+    experiment is put back to what it was after 2 trials while the journal holds 4. Running the search for 4
+    again hands the 2 trials the experiment lost out again, under their own Optuna trials: the journal gains
+    no trial, and the table lists the same 4 architectures under the same numbers."""
+    run = tmp_path / "ray"
+    shutil.copytree(trained, run)
+    experiment, journal = run / "search" / "ray", run / "search" / "journal.log"
+    settings = SearchSettings(trials=2, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
+    local = RaySettings(max_concurrent=2)
+    run_ray_search(run, settings, FAST, local, progress=False)
+    shutil.copytree(experiment, tmp_path / "after-2")
+    four = run_ray_search(run, replace(settings, trials=4), FAST, local, progress=False)
+    check_journal(run, four)
+    trials = [(t.number, t.state, t.params, t.values) for t in load_journal(journal).trials]
+
+    shutil.rmtree(experiment)
+    shutil.copytree(tmp_path / "after-2", experiment)  # as Tune last saved it before the "kill"
+    again = run_ray_search(run, replace(settings, trials=4), FAST, local, progress=False)
+    assert list(again["number"]) == [0, 1, 2, 3] and list(again["arch_id"]) == list(four["arch_id"])
+    assert [(t.number, t.state, t.params, t.values) for t in load_journal(journal).trials] == trials
+    check_journal(run, again)
+    # Ray's own reader of the experiment sees the same 4 trials.
+    frame = tune.ExperimentAnalysis(str(experiment)).dataframe()
+    assert sorted(frame["config/number"]) == [0, 1, 2, 3]
 
 
 def test_the_ray_searcher_never_hands_out_an_architecture_twice() -> None:
@@ -407,6 +601,7 @@ def test_a_trial_that_tune_gives_up_for_a_dead_worker_runs_again(
     assert list(table["number"]) == [0, 1, 2, 3] and table["arch_id"].is_unique
     assert len(list((run / "search" / "ray").glob("trial_*"))) == 4  # run again, not a fifth trial
     assert list(load_trials(run)["state"]) == ["COMPLETE"] * 4
+    check_journal(run, table)  # trial 1's Optuna trial waited for the run that finished it
 
 
 def test_only_a_dead_worker_or_node_counts_as_lost() -> None:

@@ -16,6 +16,7 @@ import optuna
 import pandas as pd
 import pytest
 from browser import find_chromium, render_page, screenshot
+from plotly.offline import get_plotlyjs, get_plotlyjs_version
 from shipped import shipped_space
 
 from mixnas.results import (
@@ -34,7 +35,7 @@ from mixnas.results import (
     save_trials,
     write_pages,
 )
-from mixnas.results.pages import PAGE_FILES, scatter3d_figure, scatter_figure
+from mixnas.results.pages import PAGE_FILES, PLOTLY_JS, scatter3d_figure, scatter_figure
 from mixnas.search_space import ArchConfig
 from mixnas.trials import empty_trials
 
@@ -265,13 +266,17 @@ def _front_trace(fig) -> list[int]:
 
 def test_pages_are_written_linked_and_offline(trials: pd.DataFrame, pages: Path) -> None:
     index = pages.read_text()
+    # One plotly.js for the folder, the one the installed plotly bundles.
+    assert [p.name for p in pages.parent.glob("*.js")] == [PLOTLY_JS]
+    assert (pages.parent / PLOTLY_JS).read_bytes() == get_plotlyjs().encode()
     for name in PAGE_FILES.values():
         page = pages.parent / name
         assert page.is_file() and f'href="{name}"' in index
         text = page.read_text()
-        # No script is loaded from anywhere (plotly.js's own source names cdn.plot.ly, for geo maps).
-        assert not re.search(r"<script[^>]*\bsrc=", text)
-        assert "plotly.js v" in text and len(text) > 1_000_000
+        # plotly.js comes from the folder's copy, by a relative path; no script from anywhere else, and
+        # no page embeds it (it is 4.8 MB).
+        assert re.findall(r"<script[^>]*\bsrc=\"([^\"]*)\"", text) == [PLOTLY_JS], name
+        assert "plotly.js v" not in text and page.stat().st_size < 1_000_000, name
     ref = default_reference(trials, OBJS)
     assert "no complete trials" not in index.lower()
     assert f"GFLOPs {ref['gflops']:.4g}" in index and "reference point" in index
@@ -297,6 +302,20 @@ def test_pages_without_latency(trials: pd.DataFrame, tmp_path: Path) -> None:
     assert (tmp_path / PAGE_FILES["accuracy_vs_gflops"]).is_file()
     text = index.read_text()
     assert "latency plots skipped" in text and PAGE_FILES["accuracy_vs_latency"] not in text
+
+
+def test_plotly_js_is_written_once_per_folder(trials: pd.DataFrame, tmp_path: Path) -> None:
+    write_pages(trials, tmp_path, OBJS)
+    js = tmp_path / PLOTLY_JS
+    first = js.stat()
+    write_pages(trials, tmp_path, OBJS)  # the same plotly.js: left as it is (no rewrite)
+    assert (js.stat().st_ino, js.stat().st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    js.write_text("// another plotly.js\n")  # an older plotly's copy is replaced
+    write_pages(trials, tmp_path, OBJS)
+    assert js.read_bytes() == get_plotlyjs().encode()
+    assert not list(tmp_path.glob(f".{PLOTLY_JS}.*"))  # no temporary left beside it
+    write_pages(empty_trials(), tmp_path, OBJS)  # no plot page left to load it
+    assert not js.exists()
 
 
 @pytest.mark.parametrize("case", ["empty", "unfinished"])
@@ -326,9 +345,12 @@ def test_pages_render_in_chromium(trials: pd.DataFrame, pages: Path) -> None:
             render_page, [pages, *(pages.parent / name for name in PAGE_FILES.values())])))
     index = rendered["index"]
     assert index.errors == [] and "<table>" in index.dom
+    shared = (pages.parent / PLOTLY_JS).resolve().as_uri()
     for key, name in PAGE_FILES.items():
         page = rendered[key]
         assert page.errors == [], f"{name}: {page.errors}"
+        # The Plotly global comes from the folder's one plotly.min.js, and the plot drew from it.
+        assert page.scripts == [shared] and page.plotly == get_plotlyjs_version(), (name, page.scripts)
         (plot,) = page.plots
         assert plot["svg"] > 0, name
         if key == "objectives_3d":

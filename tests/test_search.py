@@ -13,9 +13,14 @@ import pytest
 import timm
 import torch
 import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from timm.data import create_transform, resolve_data_config
+from torchvision.transforms.functional import to_pil_image
 
 from mixnas import ArchConfig, SearchSpace, build_model
 from mixnas.cli import main
+from mixnas.data import make_loader
 from mixnas.results import load_trials
 from mixnas.results.pareto import pareto_mask
 from mixnas.search import Limits
@@ -204,6 +209,35 @@ def test_other_objectives_on_resume_are_refused(tmp_path: Path) -> None:
                           FakeEvaluator(space), progress=False)
 
 
+@pytest.mark.parametrize("objectives", [("accuracy", "gflops", "latency"), ("accuracy", "params")])
+def test_the_journal_opens_with_optuna_and_names_its_metrics(tmp_path: Path, objectives: tuple[str, ...]) -> None:
+    """What optuna-dashboard and ``optuna.load_study`` read: the run's study, its values named after the
+    trial table's columns in the order of the directions, each searched architecture once (repeats marked)."""
+    space = SearchSpace.from_dict(TINY_SPACE)
+    table = run_optuna_search(tmp_path, SearchSettings(trials=4, objectives=objectives, references=False),
+                              FakeEvaluator(space), progress=False)
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "search" / "journal.log")))
+    study = optuna.load_study(study_name="mixnas", storage=storage)
+    columns = ["latency_ms" if o == "latency" else o for o in objectives]
+    assert study.metric_names == columns
+    assert [d.name.lower() for d in study.directions] == ["maximize"] + ["minimize"] * (len(objectives) - 1)
+    assert study.user_attrs == {"objectives": list(objectives), "backend": "optuna"}
+    searched = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    assert [t.user_attrs["arch_id"] for t in searched] == list(table["arch_id"])
+    for t, row in zip(searched, table.itertuples()):
+        assert t.values == [getattr(row, c) for c in columns]
+
+
+def test_a_journal_the_ray_backend_writes_is_refused(tmp_path: Path) -> None:
+    from mixnas.search.optuna_runner import create_run_study, journal_storage
+
+    settings = SearchSettings(trials=2, sampler="random", references=False)
+    create_run_study(journal_storage(tmp_path / "search" / "journal.log"), settings, "ray")
+    with pytest.raises(ConfigError, match="searched with --backend ray; --backend optuna would mix"):
+        run_optuna_search(tmp_path, settings, FakeEvaluator(SearchSpace.from_dict(TINY_SPACE)), progress=False)
+    assert not (tmp_path / "trials.parquet").exists()
+
+
 def test_cli_search_results_export(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = copy_run(trained, tmp_path)
     args = ["search", str(run), "--trials", "4", "--objectives", "accuracy,flops", "--latency", "none",
@@ -234,6 +268,12 @@ def test_cli_search_results_export(trained: Path, tmp_path: Path, capsys: pytest
         accuracy = evaluate_accuracy(model, evaluator.val_loader)
         assert abs(accuracy - recorded) <= 0.5
         assert abs(evaluate_accuracy(via_timm, evaluator.val_loader) - recorded) <= 0.5
+        # Fed the way timm feeds any model: PIL images through the transform its pretrained_cfg resolves.
+        transform = create_transform(**resolve_data_config(model=via_timm))
+        val = evaluator.data.val
+        scored = len(evaluator.val_loader.dataset)  # the images the search scored (its val_limit)
+        pil = [(transform(to_pil_image(val.images[i])), int(val.labels[i])) for i in range(scored)]
+        assert abs(evaluate_accuracy(via_timm, make_loader(pil, 256, shuffle=False)) - recorded) <= 0.5
     # A single trial by number.
     assert main(["export", str(run), "--trial", "0", "--out", str(tmp_path / "one"), "--quiet"]) == 0
     assert len(list((tmp_path / "one").glob("trial0000_*.yaml"))) == 1

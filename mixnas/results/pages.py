@@ -1,4 +1,4 @@
-"""The results pages: self-contained plotly HTML that opens offline, plus a headless-browser check.
+"""The results pages: plotly HTML that opens offline, plus a headless-browser check.
 
 ``write_pages`` writes, into one folder:
 
@@ -13,10 +13,11 @@
 - ``index.html``: links to all of them, a summary, the Pareto table, and for each hand-designed reference
   the best searched architecture at no more than its GFLOPs (and, separately, its latency) with the
   accuracy difference; the accuracy-vs-cost pages repeat that table for their cost.
+- ``plotly.min.js``: plotly.js as the installed plotly package bundles it, which every plot page loads
+  by a relative ``<script src>``. One copy per folder rather than one embedded in each page (4.8 MB
+  each), and never a CDN, so a run directory copied to a machine without network is still read whole.
 
-Every page embeds plotly.js (several MB each) rather than loading it from a CDN, so a run directory
-can be copied to a machine without network and still be read. (The headless-browser checks of these
-pages live with the tests, in ``tests/browser.py``.)
+(The headless-browser checks of these pages live with the tests, in ``tests/browser.py``.)
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from mixnas.atomic import atomic_write_text
+from mixnas.atomic import atomic_write_bytes, atomic_write_text
 from mixnas.results.pareto import (
     Reference,
     candidates,
@@ -68,6 +69,7 @@ PAGE_TITLES = {
     "mixers": "Mixers along the Pareto front",
     "ranking": "Ranking: supernet vs trained from scratch",
 }
+PLOTLY_JS = "plotly.min.js"  # beside the pages, which load it by this relative path
 FRONT_COLOR = "#d62728"
 _UNITS = {"accuracy": "%", "gflops": "GFLOPs", "params": "", "latency": "ms"}
 _NAMES = {"accuracy": "accuracy", "gflops": "GFLOPs", "params": "params", "latency": "latency"}
@@ -370,7 +372,19 @@ def _page(title: str, heading: str, body: str, nav: Sequence[tuple[str, str]]) -
 
 
 def _figure_html(fig: go.Figure, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=True, div_id=div_id, config=_PLOT_CONFIG)
+    return fig.to_html(full_html=False, include_plotlyjs=PLOTLY_JS, div_id=div_id, config=_PLOT_CONFIG)
+
+
+def write_plotly_js(folder: Path) -> Path:
+    """Write ``folder/plotly.min.js``, the plotly.js that the installed plotly bundles (``get_plotlyjs``),
+    unless it already holds exactly that; returns its path."""
+    from plotly.offline import get_plotlyjs
+
+    path = folder / PLOTLY_JS
+    js = get_plotlyjs().encode("utf-8")
+    if not (path.is_file() and path.stat().st_size == len(js) and path.read_bytes() == js):
+        atomic_write_bytes(path, js)
+    return path
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
@@ -564,6 +578,10 @@ def write_pages(
         pages.append(("ranking", PAGE_FILES["ranking"], body + _figure_html(ranking_figure(table, stats), "ranking")))
         summary.append(("ranking check", f"Kendall tau {stats['kendall_tau']:.2f} over {stats['n']} architectures"))
     nav = [("index.html", "index")] + [(f, PAGE_TITLES[k]) for k, f, _ in pages]
+    if pages:  # before the pages that load it
+        write_plotly_js(out)
+    else:  # no plot page left to load it
+        (out / PLOTLY_JS).unlink(missing_ok=True)
     for key, file, body in pages:
         page = _page(f"{PAGE_TITLES[key]} - {title}", f"{title}: {PAGE_TITLES[key]}", body, nav)
         atomic_write_text(out / file, page)

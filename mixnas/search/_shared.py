@@ -29,6 +29,12 @@ def optuna_directions(objectives: list[str]) -> list[str]:
     return ["maximize" if OBJECTIVES[o] == "max" else "minimize" for o in objectives]
 
 
+def metric_names(objectives: list[str]) -> list[str]:
+    """The study's metric names (``Study.set_metric_names``), in the order of its directions: each
+    objective's trial-table column (``accuracy``, ``gflops``, ``params``, ``latency_ms``), units included."""
+    return [objective_column(o) for o in objectives]
+
+
 def objective_values(objectives: list[str], result: dict[str, Any]) -> list[float]:
     """The values Optuna optimises, in the order of ``objectives``; raises on NaN (a failed trial)."""
     values = []
@@ -176,6 +182,6 @@ def reference_rows(space: SearchSpace, evaluate: Callable[[ArchConfig], dict[str
 
 
 __all__ = [
-    "CANDIDATE_FAILURES", "DEFAULT_OBJECTIVES", "Limits", "SearchSettings", "failure_reason", "objective_values",
-    "optuna_directions", "parse_objectives", "reference_rows", "score", "trial_record",
+    "CANDIDATE_FAILURES", "DEFAULT_OBJECTIVES", "Limits", "SearchSettings", "failure_reason", "metric_names",
+    "objective_values", "optuna_directions", "parse_objectives", "reference_rows", "score", "trial_record",
 ]

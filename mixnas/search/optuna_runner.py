@@ -9,6 +9,11 @@ the values recorded for that architecture (so the sampler learns nothing false),
 ``duplicate_of`` the first trial, and neither takes one of the N trial slots nor appears in the trial
 table, so the table, the front and export list each architecture once.
 
+The study (``STUDY_NAME`` in ``RUN_DIR/search/journal.log``, Optuna's ``JournalFileBackend``) is the one
+the Ray runner writes too: the objectives' directions, their trial-table columns as metric names, and the
+user attributes ``objectives`` and ``backend``. A run directory holds one search, so a study that the
+other backend writes is refused (``check_study``).
+
 Resuming: the study lives in ``RUN_DIR/search/journal.log``. Stopping the process at any moment and
 running the same command again continues: finished trials are kept; a trial that was running when the
 process stopped is finished by the new process under its own number (its architecture scored, or read
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -41,6 +47,7 @@ from mixnas.run_dir import RunDir
 from mixnas.search._shared import (
     Limits,
     SearchSettings,
+    metric_names,
     optuna_directions,
     reference_rows,
     score,
@@ -55,6 +62,7 @@ SAMPLERS = ["guided", "nsga2", "tpe", "random", "gp"]
 INTERRUPTED = "interrupted: the search process stopped while evaluating it"
 DUPLICATE = "duplicate_of"
 WARM_START = "warm_start"  # user attribute of the trials the warm start queued
+BACKEND = "backend"  # user attribute of the study: the backend that searches it (optuna or ray)
 # Consecutive repeats after which the space is taken to be exhausted (every architecture tried).
 MAX_CONSECUTIVE_REPEATS = 200
 
@@ -142,9 +150,67 @@ def tell_constraints(trial: optuna.trial.Trial, limits: Limits, result: dict[str
     trial.set_user_attr("constraints", list(named.values()))
 
 
+def journal_storage(path: Path) -> JournalStorage:
+    """The Optuna journal at ``path`` (a run's ``RunDir.journal``), its folder created if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def load_run_study(storage: JournalStorage, sampler: optuna.samplers.BaseSampler | None = None
+                   ) -> optuna.Study | None:
+    """The run's study (``STUDY_NAME``) in ``storage``, or None when there is none yet."""
+    try:
+        return optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
+    except KeyError:
+        return None
+
+
+def create_run_study(storage: JournalStorage, settings: SearchSettings, backend: str,
+                     sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create the run's study as both backends do: the objectives' directions, their metric names
+    (``metric_names``) and the user attributes ``objectives`` and ``backend``."""
+    objectives = list(settings.objectives)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler,
+                                directions=optuna_directions(objectives))
+    study.set_user_attr("objectives", objectives)
+    study.set_user_attr(BACKEND, backend)
+    name_metrics(study, objectives)
+    return study
+
+
+def name_metrics(study: optuna.Study, objectives: Sequence[str]) -> None:
+    """Name the study's values (``metric_names``), which the dashboard and Optuna's plots show."""
+    with warnings.catch_warnings():  # Optuna marks it experimental (3.2) and warns on every call
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(metric_names(list(objectives)))
+
+
+def check_study(study: optuna.Study, settings: SearchSettings, backend: str, path: Path) -> None:
+    """Refuse to continue a study that another backend searches or that optimised other objectives.
+
+    Raises:
+        ConfigError: naming the journal, what it holds and what to do.
+    """
+    # Journals written before the attribute existed came from this runner.
+    stored_backend = study.user_attrs.get(BACKEND, "optuna")
+    if stored_backend != backend:
+        raise ConfigError(
+            f"{path}: this run directory was searched with --backend {stored_backend}; --backend {backend} would "
+            f"mix two searches in one study (continue with --backend {stored_backend}, or search in another run "
+            f"directory)"
+        )
+    stored = study.user_attrs.get("objectives")
+    if stored is not None and list(stored) != list(settings.objectives):
+        raise ConfigError(
+            f"{path}: this search optimised {','.join(stored)}; --objectives {','.join(settings.objectives)} "
+            f"would mix incompatible trials (use another run directory or the same objectives)"
+        )
+
+
 def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace | None = None) -> optuna.Study:
-    """Create or load the study in ``RUN_DIR/search/journal.log``; refuse a study with other objectives.
-    A new study gets the warm start (``warm_start_archs``) queued as its first trials.
+    """Create or load the study in ``RUN_DIR/search/journal.log``; refuse a study with other objectives or
+    one the Ray backend searches (``check_study``). A new study gets the warm start (``warm_start_archs``)
+    queued as its first trials.
 
     Args:
         run_dir: the run directory.
@@ -154,8 +220,7 @@ def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace | Non
     """
     run = RunDir(run_dir)
     path = run.journal
-    path.parent.mkdir(parents=True, exist_ok=True)
-    storage = JournalStorage(JournalFileBackend(str(path)))
+    storage = journal_storage(path)
     name = settings.sampler
     if space is None and name == "guided":
         if run.space_file.is_file():
@@ -166,21 +231,13 @@ def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace | Non
             name = "random"
     sampler = make_sampler(name, settings.trials, settings.seed, space=space,
                            objectives=settings.objectives, limits=settings.limits, cost_table_cache=run.cost_table)
-    directions = optuna_directions(list(settings.objectives))
-    try:
-        existing = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=sampler)
-    except KeyError:
-        existing = None
+    existing = load_run_study(storage, sampler)
     if existing is not None:
-        stored = existing.user_attrs.get("objectives")
-        if stored is not None and list(stored) != list(settings.objectives):
-            raise ConfigError(
-                f"{path}: this search optimised {','.join(stored)}; --objectives {','.join(settings.objectives)} "
-                f"would mix incompatible trials (use another run directory or the same objectives)"
-            )
+        check_study(existing, settings, "optuna", path)
+        if existing.metric_names is None:  # a journal written before the study named its values
+            name_metrics(existing, settings.objectives)
         return existing
-    study = optuna.create_study(study_name=STUDY_NAME, storage=storage, sampler=sampler, directions=directions)
-    study.set_user_attr("objectives", list(settings.objectives))
+    study = create_run_study(storage, settings, "optuna", sampler)
     if space is not None:
         for params in warm_start_params(space, settings, run.cost_table):
             study.enqueue_trial(params, user_attrs={WARM_START: True})
@@ -398,7 +455,8 @@ def _run_optuna_search(
 
 
 __all__ = [
-    "DUPLICATE", "INTERRUPTED", "SAMPLERS", "SearchSettings", "check_settings", "finished_count", "make_sampler",
+    "BACKEND", "DUPLICATE", "INTERRUPTED", "SAMPLERS", "STUDY_NAME", "SearchSettings", "check_settings", "check_study",
+    "create_run_study", "finished_count", "journal_storage", "load_run_study", "make_sampler", "name_metrics",
     "nsga2_population", "open_study", "run_optuna_search", "stale_trials", "study_table", "warm_start_archs",
     "warm_start_params",
 ]

@@ -12,6 +12,12 @@ Optuna constraints, as in the Optuna runner: the worker reports each limit's vio
 searcher tells Optuna a trial's values, it sets them on the Optuna trial (``Trial.set_constraint``, and
 the ``constraints`` user attribute), where the samplers read them.
 
+The Optuna study: the searcher keeps it in the run's journal (``RUN_DIR/search/journal.log``, study
+``STUDY_NAME``), created as the Optuna runner creates its own (``create_run_study``), so
+``optuna.load_study`` and optuna-dashboard open a Ray search as they open an Optuna one. Each searched
+trial carries its ``arch`` and ``arch_id``; a sampler's repeat is ``duplicate_of`` the first trial, as in
+the Optuna runner. A journal that the Optuna runner writes is refused (``check_study``).
+
 Storage and resuming: the experiment lives in ``RUN_DIR/search/ray`` (keep the run directory on
 shared storage for a multi-node cluster; the evaluators' result cache sits beside it in
 ``RUN_DIR/search/cache``). Running the command again restores the experiment with ``Tuner.restore``:
@@ -20,6 +26,10 @@ again under the same number (Tune retries a trial whose worker dies; one it give
 dies with a trial queued on its reused actor, is run again by restoring the experiment at once, up to
 ``LOST_TRIAL_ROUNDS`` times), and new trials are created until ``trials`` trials exist in all, so
 asking for more trials continues a finished search and asking for as many evaluates nothing new.
+Tune saves the searcher (its Optuna study included) every so often, so after a ``kill -9`` the restored
+searcher can be older than the journal: ``ConstrainedOptunaSearch.reopen`` takes the journal as the truth
+and hands out the trials that the saved searcher missed again, under their own Optuna trials, instead of
+asking for new ones; a trial already told is not told twice. The journal holds each trial once.
 
 Ray quirk (2.60): ``Tuner.restore`` brings back the first run's ``TuneConfig``, ``num_samples`` and the
 search algorithm included; only ``param_space`` can be given again. The current run's trial budget,
@@ -55,6 +65,7 @@ from typing import Any
 import optuna
 import pandas as pd
 import ray
+from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher, SearchGenerator
 from ray.tune.search.concurrency_limiter import ConcurrencyLimiter
@@ -68,9 +79,15 @@ from mixnas.run_dir import RunDir
 from mixnas.search._shared import Limits, SearchSettings, failure_reason, reference_rows, score, trial_record
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
 from mixnas.search.optuna_runner import (
+    BACKEND,
     DUPLICATE,
     MAX_CONSECUTIVE_REPEATS,
+    STUDY_NAME,
     check_settings,
+    check_study,
+    create_run_study,
+    journal_storage,
+    load_run_study,
     make_sampler,
     warm_start_params,
 )
@@ -213,7 +230,12 @@ class ConstrainedOptunaSearch(OptunaSearch):
     Repeats: when the sampler suggests an architecture already scored, the Optuna trial is told what the
     first one was (its values and constraints; PRUNED while the first is still running), marked
     ``duplicate_of``, and the sampler is asked again, so no Tune trial (and no slot of the budget) goes to
-    it. Accepted trials are numbered 0, 1, 2, ... (the trial table's ``number``).
+    it. Accepted trials are numbered 0, 1, 2, ... (the trial table's ``number``); every Optuna trial carries
+    its ``arch`` and ``arch_id`` as user attributes, as in the Optuna runner.
+
+    A trial that Tune gives up for its worker (``error``) is not told: a restore runs it again under the same
+    Tune trial (``resume_errored``), and that run's result is told. With a journal (``storage``), ``reopen``
+    brings a restored searcher up to date with it.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -221,21 +243,31 @@ class ConstrainedOptunaSearch(OptunaSearch):
         self._known: dict[str, dict[str, Any]] = {}  # arch_id -> {"state", "number", "values", "constraints"}
         self._arch_of: dict[str, str] = {}  # Tune trial id -> arch_id
         self._next_number = 0
+        self._orphans: list[int] = []  # Optuna trial ids to hand out again before asking the sampler (reopen)
 
     def suggest(self, trial_id: str) -> dict | str | None:
         for _ in range(MAX_CONSECUTIVE_REPEATS):
+            if trial_id not in self._ot_trials and self._orphans:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, self._orphans.pop(0))
             config = super().suggest(trial_id)
             if not isinstance(config, dict) or "arch" not in config:
                 return config
             arch_id = ArchConfig.from_dict(json.loads(config["arch"])).arch_id
             known = self._known.get(arch_id)
+            ot_trial = self._ot_trials[trial_id]
+            told = self._stored(ot_trial).state.is_finished()  # an orphan told before the driver stopped
+            if not told:
+                ot_trial.set_user_attr("arch", config["arch"])
+                ot_trial.set_user_attr("arch_id", arch_id)
             if known is None:
                 number = self._next_number
                 self._next_number += 1
                 self._known[arch_id] = {"state": "running", "number": number}
                 self._arch_of[trial_id] = arch_id
                 return {**config, "number": number}
-            self._tell_repeat(self._ot_trials.pop(trial_id), known)
+            self._ot_trials.pop(trial_id)
+            if not told:
+                self._tell_repeat(ot_trial, known)
         logging.getLogger(__name__).warning(
             "search: the sampler repeated known architectures %d times in a row; the space holds about %d "
             "distinct ones, stopping", MAX_CONSECUTIVE_REPEATS, len(self._known))
@@ -256,6 +288,15 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         known = self._known.get(self._arch_of.get(trial_id, ""))
         ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and trial_id not in self._completed_trials:
+            stored = self._stored(ot_trial)
+            if stored.state.is_finished():  # told before the driver stopped, after Tune last saved this searcher
+                if known is not None:
+                    known.update(self._outcome(stored))
+                self._completed_trials.add(trial_id)
+                return
+            if error and not result:  # its worker died: left running, a restore runs it again
+                return
         if ot_trial is None or trial_id in self._completed_trials or not result:
             if known is not None and (error or not result):
                 known["state"] = "failed"
@@ -276,9 +317,58 @@ class ConstrainedOptunaSearch(OptunaSearch):
             known.update(state="complete", values=[float(result[m]) for m in metrics], constraints=named)
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    def _stored(self, ot_trial: optuna.trial.Trial) -> optuna.trial.FrozenTrial:
+        """The trial as the storage holds it now (a ``Trial`` caches what it was when made)."""
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    @staticmethod
+    def _outcome(stored: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        """What a repeat of a told trial's architecture is told (``_tell_repeat``)."""
+        if stored.state == TrialState.COMPLETE:
+            return {"state": "complete", "values": list(stored.values), "constraints": dict(stored.constraints)}
+        return {"state": "failed" if stored.state == TrialState.FAIL else "running"}
+
+    def reopen(self, journal: Path) -> None:
+        """Continue in the run's journal after Tune restored this searcher, at ``journal``'s current path.
+
+        Tune saves the searcher every so often (and on a clean stop), so after a ``kill -9`` the restored
+        state can be older than the journal: trials asked or told since then are in the journal only. The
+        journal is the truth: a trial it holds that the restored state does not know (not a repeat, not
+        waiting in the queue) is handed out again before the sampler is asked (``suggest``), so its Tune trial
+        reuses its Optuna trial; a trial told since is not told again (``on_trial_complete``). A searcher
+        saved before searchers wrote the journal (its study in memory) moves its trials into the journal's
+        empty study.
+
+        Args:
+            journal: the run's journal (``RunDir.journal``), which holds the study (``prepare_journal``).
+
+        Raises:
+            ConfigError: the journal lacks trials the restored searcher knows (replaced or cut short).
+        """
+        storage = journal_storage(journal)
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage, sampler=self._ot_study.sampler,
+                                  pruner=optuna.pruners.NopPruner())
+        trials = study.get_trials(deepcopy=False)
+        if self._storage is None and not trials:
+            study.add_trials(self._ot_study.get_trials(deepcopy=False))
+            trials = study.get_trials(deepcopy=False)
+        numbers = {tid: t.number for tid, t in self._ot_trials.items()}
+        if any(n >= len(trials) for n in numbers.values()):
+            raise ConfigError(
+                f"{journal}: lacks trials of the Ray search it belongs to (replaced or cut short?); remove "
+                f"{journal.parent} and the trial table to search again from the start"
+            )
+        self._storage, self._study_name, self._ot_study = storage, STUDY_NAME, study
+        self._ot_trials = {tid: optuna.trial.Trial(study, trials[n]._trial_id) for tid, n in numbers.items()}
+        known = set(numbers.values())
+        self._orphans = [t._trial_id for t in trials if t.number not in known and DUPLICATE not in t.user_attrs
+                         and t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.FAIL)]
+
 
 class TrialBudget(SearchGenerator):
-    """Tune's search generator with a trial budget, concurrency and progress bar that a restore can change.
+    """Tune's search generator with a trial budget, concurrency and progress bar that a restore can change,
+    and the run's journal, which a restored searcher reopens (``ConstrainedOptunaSearch.reopen``) at its
+    current path.
 
     Args:
         searcher: the searcher (a ``ConcurrencyLimiter`` around ``ConstrainedOptunaSearch``).
@@ -291,6 +381,7 @@ class TrialBudget(SearchGenerator):
         self.trials = trials
         self.progress = progress
         self.max_concurrent: int | None = None
+        self.journal: str | None = None
         self._done: set[str] = set()
         self._bar: tqdm | None = None
 
@@ -304,6 +395,12 @@ class TrialBudget(SearchGenerator):
         if run:
             self.trials, self.progress = int(run["trials"]), bool(run["progress"])
             self.max_concurrent = int(run["max_concurrent"])
+            self.journal = run.get("journal")
+        # Tuner.restore brought the searcher back as it was created; Tune restores its saved state next
+        # (set_state), if it saved one. Either way, the journal may be ahead of it.
+        searcher = self.optuna_search()
+        if self.journal and searcher is not None and searcher._storage is not None:
+            searcher.reopen(Path(self.journal))
         rest = {k: v for k, v in (config or {}).items() if k != RUN_KEY}
         return super().set_search_properties(metric, mode, rest, **spec)
 
@@ -317,7 +414,10 @@ class TrialBudget(SearchGenerator):
         return {**super().get_state(), "done": sorted(self._done)}
 
     def set_state(self, state: dict) -> None:
-        super().set_state(state)
+        super().set_state(state)  # after Tune restored the searcher's saved state
+        searcher = self.optuna_search()
+        if self.journal and searcher is not None:
+            searcher.reopen(Path(self.journal))
         self._done = set(state.get("done", []))
         # The saved state holds the first run's budget: this run's decides whether more trials are created.
         self._total_samples = self.trials
@@ -331,8 +431,20 @@ class TrialBudget(SearchGenerator):
                                               if k != RUN_KEY}}
         return super().create_trial_if_possible(spec)
 
+    def optuna_search(self) -> ConstrainedOptunaSearch | None:
+        """The Optuna searcher inside the wrappers (the concurrency limiter), if it is one."""
+        searcher: Any = self.searcher
+        while not isinstance(searcher, ConstrainedOptunaSearch) and hasattr(searcher, "searcher"):
+            searcher = searcher.searcher
+        return searcher if isinstance(searcher, ConstrainedOptunaSearch) else None
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         super().on_trial_complete(trial_id, result=result, error=error)
+        # The concurrency limiter passes on only the trials it holds live, and a restored errored trial that
+        # runs again is not among them: its result still goes to the Optuna trial left running for it.
+        searcher = self.optuna_search()
+        if searcher is not None and trial_id in searcher._ot_trials and trial_id not in searcher._completed_trials:
+            searcher.on_trial_complete(trial_id, result=result, error=error)
         self._done.add(trial_id)
         last = "failed"
         if result and not result.get(FAILED) and math.isfinite(float(result.get("accuracy", math.nan))):
@@ -616,7 +728,7 @@ def make_trainable(
 
 
 def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RaySettings, progress: bool,
-                cost_table_cache: str | Path | None = None) -> TrialBudget:
+                cost_table_cache: str | Path | None = None, journal: Path | None = None) -> TrialBudget:
     """The search algorithm: the Optuna runner's sampler behind Tune's searcher, concurrency and budget; the
     warm start's architectures are Tune's ``points_to_evaluate`` (queued in the Optuna study).
 
@@ -626,8 +738,10 @@ def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RayS
         ray_settings: trials evaluated at once.
         progress: show a progress bar.
         cost_table_cache: where the guided sampler keeps the space's cost table.
+        journal: the run's journal, holding the study (``prepare_journal``); None keeps it in memory.
     """
     objectives = list(settings.objectives)
+    storage = {"storage": journal_storage(journal), "study_name": STUDY_NAME} if journal is not None else {}
     searcher = ConstrainedOptunaSearch(
         space=ArchSpace(space),
         metric=[objective_column(o) for o in objectives],
@@ -635,6 +749,7 @@ def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RayS
         sampler=make_sampler(settings.sampler, settings.trials, settings.seed, space=space,
                              objectives=objectives, limits=settings.limits, cost_table_cache=cost_table_cache),
         points_to_evaluate=warm_start_params(space, settings, cost_table_cache) or None,
+        **storage,
     )
     limited = ConcurrencyLimiter(searcher, max_concurrent=ray_settings.max_concurrent)
     return TrialBudget(limited, settings.trials, progress)
@@ -695,6 +810,53 @@ def check_experiment(experiment: Path, settings: SearchSettings) -> None:
         )
 
 
+def write_experiment_settings(experiment: Path, settings: SearchSettings) -> None:
+    """Record what ``check_experiment`` and ``prepare_journal`` check on a restore: the objectives, and that
+    the experiment's searcher writes the run's journal."""
+    atomic_write_text(experiment / SETTINGS_FILE,
+                      json.dumps({"objectives": list(settings.objectives), "journal": True}))
+
+
+def prepare_journal(run: RunDir, settings: SearchSettings) -> None:
+    """Make sure the run's journal holds the study this Ray search continues or starts, before Ray starts.
+
+    A new experiment gets a new study (``create_run_study``); a restored one continues its own. An experiment
+    from before searchers wrote the journal gets an empty study, which its restored searcher fills
+    (``ConstrainedOptunaSearch.reopen``). A study with no finished trial and no experiment to restore (a
+    start stopped before Tune saved anything) is replaced.
+
+    Raises:
+        ConfigError: the journal holds a study of the Optuna backend or for other objectives, trials of a
+            Ray experiment that is gone, or no study for an experiment that wrote one.
+    """
+    experiment = run.ray_dir
+    restorable = tune.Tuner.can_restore(str(experiment))
+    storage = journal_storage(run.journal)
+    study = load_run_study(storage)
+    if (study is not None and study.user_attrs.get(BACKEND) == "ray" and not restorable
+            and not any(t.state.is_finished() for t in study.get_trials(deepcopy=False))):
+        optuna.delete_study(study_name=STUDY_NAME, storage=storage)
+        study = None
+    if study is not None:
+        check_study(study, settings, "ray", run.journal)
+        if not restorable:
+            raise ConfigError(
+                f"{run.journal}: holds the trials of a Ray search whose experiment ({experiment}) is gone; "
+                f"remove {run.search_dir} and the trial table to search again from the start, or search "
+                f"in another run directory"
+            )
+    elif restorable and (experiment / SETTINGS_FILE).is_file() and json.loads(
+            (experiment / SETTINGS_FILE).read_text()).get("journal"):
+        raise ConfigError(
+            f"{run.journal}: missing, but the Ray search in {experiment} wrote its trials there; restore the "
+            f"file, or remove {run.search_dir} and the trial table to search again from the start"
+        )
+    if study is None:
+        create_run_study(storage, settings, "ray")
+        if restorable:  # an experiment from before the journal: its searcher moves its trials there
+            write_experiment_settings(experiment, settings)
+
+
 def results_table(results: Any, limits: Limits) -> pd.DataFrame:
     """The trial table (``TRIAL_COLUMNS``) of a Ray Tune ``ResultGrid``, in the order trials were created.
 
@@ -745,7 +907,8 @@ def _fit(
             param_space=run,
             tune_config=tune.TuneConfig(
                 search_alg=make_search(space, settings, ray_settings, progress,
-                                       cost_table_cache=experiment.parent / RunDir.COST_TABLE),
+                                       cost_table_cache=experiment.parent / RunDir.COST_TABLE,
+                                       journal=Path(run[RUN_KEY]["journal"])),
                 num_samples=settings.trials,
                 reuse_actors=True, trial_dirname_creator=trial_dirname,
             ),
@@ -756,7 +919,7 @@ def _fit(
                 failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
             ),
         )
-        atomic_write_text(experiment / SETTINGS_FILE, json.dumps({"objectives": list(settings.objectives)}))
+        write_experiment_settings(experiment, settings)
     with _quiet_tune():
         results = tuner.fit()
     return results
@@ -801,6 +964,8 @@ def _run_ray_search(
     experiment = run.ray_dir
     check_experiment(experiment, settings)
     check_private(experiment, run.path)
+    prepare_journal(run, settings)
+    journal = run.journal
     # As the Optuna runner: a search scores all its candidates alike, with the same weights.
     check_settings(run_dir, evaluation, run.weights_digest())
 
@@ -808,7 +973,7 @@ def _run_ray_search(
     try:
         trainable = make_trainable(run_dir, settings, evaluation, ray_settings)
         run = {RUN_KEY: {"trials": settings.trials, "progress": progress,
-                         "max_concurrent": ray_settings.max_concurrent}}
+                         "max_concurrent": ray_settings.max_concurrent, "journal": str(journal)}}
         results = _fit(trainable, run, space, settings, ray_settings, experiment, storage, progress)
         for _ in range(LOST_TRIAL_ROUNDS):
             lost = sum(1 for r in results if r.error is not None and lost_worker(r.error))

@@ -288,7 +288,8 @@ class MixerNet(nn.Module):
     def drop_path_rates(self, arch: ArchConfig) -> list[list[float]]:
         """Stochastic depth rising linearly from 0 to arch.drop_path_rate over the active blocks."""
         total = arch.depth
-        rates = torch.linspace(0, arch.drop_path_rate, total).tolist() if total > 1 else [0.0] * total
+        # Plain Python, not torch.linspace: a tensor here would be traced by torch.export and ONNX export.
+        rates = [arch.drop_path_rate * i / (total - 1) for i in range(total)] if total > 1 else [0.0] * total
         out, start = [], 0
         for s in arch.stages:
             out.append(rates[start:start + s.depth])

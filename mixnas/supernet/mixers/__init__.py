@@ -5,7 +5,14 @@ A new mixer is a module here plus one line below, or a ``register_mixer`` call i
 """
 
 from mixnas.search_space import register_mixer
-from mixnas.supernet.mixers._api import BlockParts, DynamicCost, MixerContext, budget_loss
+from mixnas.supernet.mixers._api import (
+    BlockParts,
+    DynamicCost,
+    ExportForm,
+    MixerContext,
+    budget_loss,
+    export_form_of,
+)
 from mixnas.supernet.mixers.dge import DGESpec, DynamicGrainedEncoder
 from mixnas.supernet.mixers.dwconv import DWConvMixer, DWConvSpec
 from mixnas.supernet.mixers.dyn_dwconv import DynamicDWConvMixer, DynamicDWConvSpec
@@ -18,5 +25,5 @@ for _spec in (WindowAttentionSpec, DWConvSpec, DynamicDWConvSpec, RefinerSpec, D
 __all__ = [
     "BlockParts", "DGESpec", "DWConvMixer", "DWConvSpec", "DynamicCost", "DynamicDWConvMixer", "DynamicDWConvSpec",
     "DynamicGrainedEncoder", "MixerContext", "RefinerAttention", "RefinerSpec", "WindowAttention",
-    "WindowAttentionSpec", "budget_loss",
+    "ExportForm", "WindowAttentionSpec", "budget_loss", "export_form_of",
 ]

@@ -9,7 +9,8 @@ of leaving it on the module.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,3 +90,30 @@ def budget_loss(costs: Sequence[DynamicCost]) -> Tensor | None:
     dynamic = torch.stack([c.dynamic.float().mean() for c in costs]).sum()
     target = sum(c.target * c.static for c in costs) / static
     return (dynamic / static - target) ** 2
+
+
+class ExportForm:
+    """A mixer with a second form of its evaluation for ``torch.export`` and ONNX export, switched by
+    ``export_form = True`` (``export_form_of``): the same outputs, computed with operations the exporters
+    take. DGE's evaluation gathers the queries its router picks (input-dependent shapes); its export form
+    computes every granularity and selects (its FLOPs then differ). Attention through
+    ``scaled_dot_product_attention`` with a mask is traced with the fused kernel's strides and
+    decomposed into the math kernel's (PyTorch 2.15), which export refuses; the export form spells the
+    attention out."""
+
+    export_form: bool = False
+
+
+@contextlib.contextmanager
+def export_form_of(model: nn.Module) -> Iterator[list[str]]:
+    """Switch every ``ExportForm`` module of ``model`` to its export form inside the block; yields their
+    names and restores them afterwards."""
+    modules = [(name, m) for name, m in model.named_modules() if isinstance(m, ExportForm)]
+    before = [m.export_form for _, m in modules]
+    for _, m in modules:
+        m.export_form = True
+    try:
+        yield [name for name, _ in modules]
+    finally:
+        for (_, m), b in zip(modules, before):
+            m.export_form = b

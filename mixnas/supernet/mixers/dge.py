@@ -11,7 +11,12 @@ sub-patch and added to x. This follows the official code (vtpack ``layers/dge.py
 * Training (``dense``): a hard Gumbel-softmax (tau 1) picks g per region; every granularity is computed
   for every region and the one-hot gates select (straight-through gradients reach the router).
 * Evaluation (``sparse``): argmax picks g; only the chosen queries are gathered and computed.
-The two give the same output for the same choices. The forward returns the block's output and its
+* Export (``export_form``, set by ``export_form_of``): argmax picks g as in evaluation, but
+  every granularity is computed for every region and selected by the one-hot gates, as in training: the
+  shapes no longer depend on the input, so ``torch.export`` and ONNX take it. It computes sum(g^2 for g
+  in the set) queries per region (21 for {1, 2, 4}, against 16 at the finest and as few as 1 routed):
+  the exported file's cost is that, not the routed FLOPs mixnas reports for the network.
+The three give the same output for the same choices. The forward returns the block's output and its
 ``DynamicCost`` (FLOPs as routed, FLOPs at the finest grain, queries per image), from which
 ``budget_loss`` trains the router.
 
@@ -51,7 +56,7 @@ from mixnas.search_space import (
     StageConfig,
 )
 from mixnas.supernet.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticLayerNorm, ElasticLinear
-from mixnas.supernet.mixers._api import BlockParts, DynamicCost, MixerContext
+from mixnas.supernet.mixers._api import BlockParts, DynamicCost, ExportForm, MixerContext
 
 FINEST_PROBABILITY = 0.95  # the router starts by sending 95% of regions to the finest granularity
 KV_NORM_EPS = 1e-5  # PVT's spatial-reduction LayerNorm is plain nn.LayerNorm in the official code
@@ -80,7 +85,7 @@ def drop_path(x: Tensor, prob: float = 0.0, training: bool = False) -> Tensor:
     mask = x.new_empty(x.shape[:2] + (1,) * (x.ndim - 2)).bernoulli_(keep)
     return x * mask / keep
 
-class DynamicGrainedEncoder(nn.Module):
+class DynamicGrainedEncoder(ExportForm, nn.Module):
     """Router, sparse-query attention and the bookkeeping to gather and scatter queries.
 
     Args:
@@ -196,7 +201,7 @@ class DynamicGrainedEncoder(nn.Module):
         per_query, fixed = self.static_cost(k.shape[2], c, hidden, m.kv_reduction, h * w, m.pos_conv)
         counts = torch.tensor([g * g for g in gs], dtype=x.dtype, device=x.device)
         queries = (gates * counts).sum((1, 2, 3))  # (B,)
-        if self.training:
+        if self.training or self.export_form:
             update, computed = self.dense(x, k, v, gates, parts, heads, gs, ctx.drop_prob)
         else:
             update, computed = self.sparse(x, k, v, gates.argmax(-1), parts, heads, gs)

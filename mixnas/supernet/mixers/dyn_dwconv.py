@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from mixnas.errors import ConfigError
 from mixnas.search_space import BoolParam, IntParam, MixerConfig, MixerSpec, StageChoices, StageConfig
 from mixnas.supernet.elastic import ElasticBatchNorm2d, ElasticConv2d, active_slice, init_linear_like
-from mixnas.supernet.mixers._api import MixerContext
+from mixnas.supernet.mixers._api import ExportForm, MixerContext
 from mixnas.supernet.mixers.dwconv import PointwiseBranch
 
 
@@ -78,7 +78,19 @@ def per_position_dwconv(x: Tensor, kernels: Tensor, k: int) -> Tensor:
     return out.view(b, c, h, w)
 
 
-class DynamicDWConvMixer(nn.Module):
+def shifted_dwconv(x: Tensor, kernels: Tensor, k: int) -> Tensor:
+    """``per_position_dwconv`` in a few operations, for export: the k*k shifted copies of every channel come
+    out of one convolution with one-hot kernels, then are weighted and summed. It holds a k*k-fold copy
+    of the input, which eager evaluation avoids. kernels: (B, G, k*k, H or 1, W or 1)."""
+    b, c, h, w = x.shape
+    g = kernels.shape[1]
+    shifts = torch.eye(k * k, dtype=x.dtype, device=x.device).view(k * k, 1, k, k)
+    patches = F.conv2d(x.reshape(b * c, 1, h, w), shifts, padding=k // 2)  # (B*C, k*k, H, W)
+    patches = patches.view(b, g, c // g, k * k, h, w)
+    return (patches * kernels[:, :, None]).sum(3).view(b, c, h, w)
+
+
+class DynamicDWConvMixer(ExportForm, nn.Module):
     """Dynamic depth-wise conv mixer, homogeneous or inhomogeneous.
 
     Args:
@@ -111,7 +123,11 @@ class DynamicDWConvMixer(nn.Module):
         b, c, h, w = x.shape
         ctx = F.relu(self.reduce_bn(self.reduce(F.adaptive_avg_pool2d(x, 1), out_channels=c // 4)))
         weight, bias = self.generate.active(c, k, c // 4)
-        kernels = F.linear(ctx.flatten(1), weight, bias).reshape(b * c, 1, k, k)
+        kernels = F.linear(ctx.flatten(1), weight, bias)
+        if self.export_form:  # no batch-sized conv groups (an ONNX Conv's groups are static)
+            out = shifted_dwconv(x, kernels.view(b, c, k * k, 1, 1), k)
+            return out + self.static_bias[:c].view(1, c, 1, 1)
+        kernels = kernels.reshape(b * c, 1, k, k)
         out = F.conv2d(x.reshape(1, b * c, h, w), kernels, self.static_bias[:c].repeat(b), 1, k // 2, 1, b * c)
         return out.view(b, c, h, w)
 
@@ -122,7 +138,7 @@ class DynamicDWConvMixer(nn.Module):
         ctx = F.relu(self.i_reduce_bn(self.i_reduce(x, out_channels=c // 4)))  # (B, C/4, H, W)
         weight, bias = self.i_generate.active(groups, k, c // 4)
         kernels = F.conv2d(ctx, weight[:, :, None, None], bias).view(b, groups, k * k, h, w)
-        return per_position_dwconv(x, kernels, k)
+        return shifted_dwconv(x, kernels, k) if self.export_form else per_position_dwconv(x, kernels, k)
 
     def forward(self, x: Tensor, ctx: MixerContext) -> Tensor:
         """x: (B, H, W, C) -> (B, H, W, C)."""

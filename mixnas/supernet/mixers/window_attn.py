@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from mixnas.errors import ConfigError
 from mixnas.search_space import BoolParam, IntParam, MixerConfig, MixerSpec, StageChoices, StageConfig
 from mixnas.supernet.elastic import ElasticLinear, active_slice
-from mixnas.supernet.mixers._api import MixerContext
+from mixnas.supernet.mixers._api import ExportForm, MixerContext
 
 SHIFT_MASK_VALUE = -100.0  # Swin's value for attention across the borders of rolled regions
 
@@ -125,7 +125,7 @@ class RelativePositionBias(nn.Module):
         return t.reshape(heads, -1)[:, index.view(-1)].view(heads, n, n)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(ExportForm, nn.Module):
     """Swin's window multi-head self-attention with elastic width, heads and window.
 
     Args:
@@ -198,7 +198,11 @@ class WindowAttention(nn.Module):
         m = ctx.mixer
         window, shift = effective_window(m.window_size, h, ctx.block_index)
         q, k, v, mask, _ = self.attention_inputs(x, ctx.heads, window, shift, m.rel_pos_bias)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if self.export_form:  # attention spelled out (see ExportForm); the same result
+            attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+            out = (attn if mask is None else attn + mask).softmax(-1) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.merge_windows(out, h, w, window, shift)
 
 

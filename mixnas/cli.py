@@ -66,10 +66,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from mixnas.device import resolve_device
     from mixnas.packaged import load_arch
     from mixnas.search.cost import architecture_cost
+    from mixnas.search.latency_backends import check_backend
     from mixnas.supernet import build_model
 
     resolve_device(args.device)  # one clear line when CUDA is asked for but absent
     amp = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    if not args.no_latency:
+        check_backend(args.latency_backend, args.device, amp)
     archs = [load_arch(p) for p in args.arch]  # validate every file before measuring any
     rows = []
     for path, arch in zip(args.arch, archs):
@@ -78,6 +81,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         cost = architecture_cost(
             model, arch, device=args.device, batch_size=args.batch_size, latency=not args.no_latency,
             runs=args.runs, warmup=args.warmup, max_seconds=args.max_seconds, amp_dtype=amp,
+            latency_backend=args.latency_backend,
         )
         row = {"arch": str(path), "name": arch.name or Path(path).stem, "arch_id": arch.arch_id, **cost.to_dict()}
         rows.append(row)
@@ -101,8 +105,10 @@ def format_profile_table(rows: list[dict]) -> str:
             lat = f"{r['latency_ms']['median']:.2f} / {r['latency_ms']['p90']:.2f}"
         lines.append(f"{r['name']:<18} {r['params'] / 1e6:>8.2f}M {g:>18} {lat:>27}")
     if rows and "device" in rows[0]:
+        backend = rows[0]["latency_ms"].get("backend", "eager")
         lines.append(
-            f"latency on {rows[0]['device']}, batch {rows[0]['batch_size']}; FLOPs are multiply-adds at batch 1"
+            f"latency on {rows[0]['device']}, batch {rows[0]['batch_size']}"
+            + ("" if backend == "eager" else f", {backend}") + "; FLOPs are multiply-adds at batch 1"
         )
     return "\n".join(lines)
 
@@ -201,7 +207,7 @@ def eval_settings_from_args(args: argparse.Namespace):
     return EvalSettings(
         device=args.device, latency=latency, latency_lut=str(args.latency_lut) if args.latency_lut else None,
         latency_batch_size=args.latency_batch_size, latency_runs=args.latency_runs,
-        train_epochs=args.train_epochs, seed=args.seed, val_limit=args.val_limit,
+        latency_backend=args.latency_backend, train_epochs=args.train_epochs, seed=args.seed, val_limit=args.val_limit,
         finetune_steps=args.finetune_steps, flops_images=args.flops_images,
     )
 
@@ -233,6 +239,11 @@ def _search(args: argparse.Namespace) -> int:
     evaluation = eval_settings_from_args(args)
     if evaluation.latency == "none" and "latency" in settings.objectives:
         raise UsageError("--objectives: latency is an objective but --latency none measures none")
+    if evaluation.latency == "measure":
+        from mixnas.device import resolve_device
+        from mixnas.search.latency_backends import check_backend
+
+        check_backend(evaluation.latency_backend, resolve_device(evaluation.device))
     if args.backend == "ray":
         from mixnas.search.ray_runner import RaySettings, run_ray_search
 
@@ -269,6 +280,7 @@ def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-lut", type=Path, default=None, help="lookup table (mixnas latency build-lut)")
     p.add_argument("--latency-batch-size", type=positive_int, default=1, help="batch size for measured latency")
     p.add_argument("--latency-runs", type=positive_int, default=20, help="timed runs per candidate")
+    add_latency_backend_option(p)
     p.add_argument("--train-epochs", type=nonnegative_int, default=0,
                    help="fine-tune each candidate this many epochs first")
     p.add_argument("--finetune-steps", type=nonnegative_int, default=0,
@@ -321,13 +333,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.pareto and not args.trial:
         raise UsageError("choose what to export: --pareto or --trial N")
+    formats = list(dict.fromkeys(args.format or []))
+    if formats and not args.weights:
+        raise UsageError("--format: a deployment file holds the weights; add --weights")
+    if "onnx" in formats:
+        from mixnas.supernet.deploy import require
+
+        require("onnx", "onnxscript")  # before the supernet is loaded and anything is written
     prepare = None
     if args.weights:
         from mixnas.search import CandidateEvaluator, load_settings
 
         prepare = CandidateEvaluator(args.run_dir, load_settings(args.run_dir)).prepare
     paths = export_architectures(args.run_dir, args.out, trials=args.trial, pareto=args.pareto,
-                                 objectives=_objectives(args.objectives), weights=prepare, progress=not args.quiet)
+                                 objectives=_objectives(args.objectives), weights=prepare, progress=not args.quiet,
+                                 formats=formats)
     for p in paths:
         print(p)
     return 0
@@ -362,16 +382,18 @@ def cmd_build_lut(args: argparse.Namespace) -> int:
 
     from mixnas.device import resolve_device
     from mixnas.packaged import load_space
+    from mixnas.search.latency_backends import check_backend
     from mixnas.search.latency_lut import CALIBRATION_WARN_PCT, build_latency_table
 
     resolve_device(args.device)
+    check_backend(args.latency_backend, args.device)
     space = load_space(args.space)
     if args.threads:
         torch.set_num_threads(args.threads)
     table = build_latency_table(
         space, device=args.device, batch_size=args.batch_size, runs=args.runs, warmup=args.warmup,
         calibration_archs=args.calibration_archs, seed=args.seed, progress=not args.quiet,
-        max_seconds_per_entry=args.max_seconds, passes=args.passes,
+        max_seconds_per_entry=args.max_seconds, passes=args.passes, backend=args.latency_backend,
     )
     table.save(args.out)
     cal = table.calibration
@@ -415,7 +437,17 @@ def add_lut_parser(sub: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (default: torch's own); the table holds for this count")
     p.add_argument("--seed", type=int, default=0, help="seeds the calibration networks and initialisation")
     p.add_argument("--quiet", action="store_true", help="no component count or progress bar")
+    add_latency_backend_option(p)
     p.set_defaults(func=cmd_build_lut)
+
+
+def add_latency_backend_option(p: argparse.ArgumentParser) -> None:
+    """``--latency-backend``: how a network runs when its latency is measured (``mixnas.search.latency_backends``)."""
+    from mixnas.search.latency_backends import BACKENDS
+
+    p.add_argument("--latency-backend", choices=BACKENDS, default="eager",
+                   help="time the network as deployed: eager PyTorch (default), torch.compile (compiled first, "
+                        "CUDA graphs on a GPU) or ONNX Runtime (CPU; needs mixnas[deploy])")
 
 
 # ------------------------------------------------------------------------------------------------ parser
@@ -438,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=positive_float, default=None,
                    help="stop timing an architecture after this long (at least 5 runs)")
     p.add_argument("--no-latency", action="store_true", help="count parameters and FLOPs only")
+    add_latency_backend_option(p)
     p.set_defaults(func=cmd_profile)
 
     sn = sub.add_parser("supernet", help="train the weight-sharing supernet").add_subparsers(
@@ -479,6 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--trial", type=int, action="append", help="trial number (repeatable)")
     p.add_argument("--out", type=Path, required=True, help="directory for the YAML files")
     p.add_argument("--weights", action="store_true", help="also write inherited weights (safetensors)")
+    p.add_argument("--format", action="append", choices=["onnx", "torch-export"],
+                   help="also write each network for deployment beside its weights: onnx (.onnx, needs "
+                        "mixnas[deploy]) or torch-export (.pt2); repeatable; needs --weights")
     p.add_argument("--objectives", default="accuracy,flops,latency", help="objectives of the front")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_export)

@@ -1,4 +1,5 @@
-"""Export chosen architectures as ArchConfig YAML files, optionally with their inherited weights.
+"""Export chosen architectures as ArchConfig YAML files, optionally with their inherited weights and as
+deployment files (ONNX, a ``torch.export`` program) beside them.
 
 Each file is named so a person can tell them apart (trial number, accuracy, GFLOPs, the mixers by stage),
 e.g. ``trial0012_acc87.3_gf0.041_win-dw-dge.yaml``. With weights, the network written is the one the
@@ -26,6 +27,7 @@ from mixnas.errors import ResultsError
 from mixnas.results.pareto import pareto_front
 from mixnas.search_space import ArchConfig
 from mixnas.supernet.checkpoint import save_weights
+from mixnas.supernet.deploy import FORMATS, DeployError, require, write_format
 from mixnas.training import read_preprocessing
 from mixnas.trials import load_trials
 
@@ -60,6 +62,7 @@ def export_architectures(
     run_dir: str | Path, out_dir: str | Path, trials: Sequence[int] | None = None, pareto: bool = False,
     objectives: Sequence[str] = ("accuracy", "gflops", "latency"),
     weights: Callable[[ArchConfig], nn.Module] | None = None, progress: bool = True,
+    formats: Sequence[str] = (),
 ) -> list[Path]:
     """Write one YAML (and, given ``weights``, one .safetensors) per chosen trial; returns the YAML paths.
 
@@ -72,8 +75,17 @@ def export_architectures(
         weights: makes the scored network of an architecture (``CandidateEvaluator(run_dir,
             load_settings(run_dir)).prepare``); None writes the configs only.
         progress: show a progress bar.
+        formats: deployment formats written beside each weights file (``onnx``, ``torch-export``:
+            ``mixnas.supernet.deploy``); they need ``weights``.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise DeployError(f"--format: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    if formats and weights is None:
+        raise DeployError("--format: a deployment format holds the weights; add --weights")
+    if "onnx" in formats:
+        require("onnx", "onnxscript")  # before anything is written
     df = load_trials(run_dir)
     if not df["latency_ms"].notna().any():
         objectives = [o for o in objectives if o != "latency"]
@@ -95,6 +107,8 @@ def export_architectures(
             weights_path = out_dir / f"{stem}.safetensors"
             save_weights(model, weights_path, {"arch_id": arch.arch_id, "accuracy": f"{row['accuracy']:.4f}"})
             entry["weights"] = weights_path.name
+            for fmt in formats:
+                entry[fmt] = write_format(model, out_dir / stem, fmt).name
         manifest.append(entry)
         written.append(yaml_path)
     buf = io.StringIO()

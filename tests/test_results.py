@@ -400,3 +400,18 @@ def test_a_deeply_nested_latency_table_is_one_line(tmp_path: Path) -> None:
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(LUTError, match="nested too deeply"):
         LatencyTable.load(path)
+
+
+def test_export_names_stay_within_file_name_limits() -> None:
+    """A forged or very deep table row cannot build a file name the file system refuses (255 bytes)."""
+    from dataclasses import replace
+
+    from mixnas.packaged import load_arch
+    from mixnas.results.export import MAX_NAME, export_name
+
+    base = load_arch("swin_t")
+    deep = replace(base, stages=base.stages * 20)  # 80 stages: the mixers alone would take 320 characters
+    row = pd.Series({"number": 123456789, "accuracy": 12.3456, "gflops": float("nan")})
+    name = export_name(row, deep)
+    assert len(name) <= MAX_NAME and name.endswith(deep.arch_id) and name.startswith("trial123456789_acc12.3_gfNA_")
+    assert export_name(row, base) == "trial123456789_acc12.3_gfNA_win-win-win-win"

@@ -32,11 +32,19 @@ from mixnas.training import read_preprocessing
 from mixnas.trials import load_trials
 
 
+MAX_NAME = 120  # characters of a file's stem; file systems allow 255 bytes, and suffixes and temporaries add some
+
+
 def export_name(row: pd.Series, arch: ArchConfig) -> str:
-    """``trial0012_acc87.3_gf0.041_win-dw-dge``: sortable, and readable at a glance."""
+    """``trial0012_acc87.3_gf0.041_win-dw-dge``: sortable, and readable at a glance. A name longer than
+    ``MAX_NAME`` (a network of very many stages) keeps its first mixers and ends with the arch id."""
     mixers = "-".join(s.mixer.spec.abbreviation for s in arch.stages)
     acc = f"acc{row['accuracy']:.1f}" if math.isfinite(row["accuracy"]) else "accNA"
-    return f"trial{int(row['number']):04d}_{acc}_gf{row['gflops']:.3g}_{mixers}"
+    gflops = f"gf{row['gflops']:.3g}" if math.isfinite(row["gflops"]) else "gfNA"
+    name = f"trial{int(row['number']):04d}_{acc}_{gflops}_{mixers}"
+    if len(name) > MAX_NAME:
+        name = f"{name[:MAX_NAME - 14]}_{arch.arch_id}"
+    return name
 
 
 def select_trials(df: pd.DataFrame, trials: Sequence[int] | None, pareto: bool, objectives: Sequence[str],

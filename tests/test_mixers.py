@@ -562,7 +562,11 @@ def test_refiner_keeps_the_shift_mask_after_refinement(monkeypatch: pytest.Monke
         maps.append(a.detach())
         return torch.matmul(a, b)
 
-    monkeypatch.setattr(refiner_module, "torch", types.SimpleNamespace(matmul=matmul))
+    class TorchWithMatmul(types.SimpleNamespace):
+        def __getattr__(self, name: str):  # everything but matmul from torch itself
+            return getattr(torch, name)
+
+    monkeypatch.setattr(refiner_module, "torch", TorchWithMatmul(matmul=matmul))
     config = {"type": "refiner", "window_size": 4, "expansion_ratio": 3, "kernel_size": 3}
     with torch.no_grad():
         call(refiner, torch.randn(2, 8, 8, 16), config, 2, block_index=1)  # odd block: shifted by 2
@@ -692,3 +696,42 @@ def test_dge_drop_path_drops_query_tokens_not_whole_images() -> None:
     assert (dropped.any(1) & ~dropped.all(1)).all()  # every image: some queries dropped, some kept
     torch.testing.assert_close(out[~dropped], updates[~dropped] / 0.5)
     assert torch.equal(dge_drop_path(updates, 0.5, training=False), updates)
+
+
+def test_refiner_on_shifted_windows_mixes_no_regions() -> None:
+    """With shifted windows, a token's output depends on no token of another region of its window (as in
+    Swin): the refinement's conv reads only entries of the entry's own region pair. The ungated conv
+    reached across the roll's seam (cross-region sensitivity up to 0.65 of the within-region one)."""
+    from mixnas.supernet.mixers.window_attn import shift_regions
+
+    torch.manual_seed(0)
+    refiner = RefinerAttention(16, 2, 4, 3, 3)
+    with torch.no_grad():
+        for conv in (refiner.expand, refiner.local, refiner.reduce):
+            conv.weight.normal_(std=0.5)
+    config = {"type": "refiner", "window_size": 4, "expansion_ratio": 3, "kernel_size": 3}
+    h = w = 8
+    window, shift = 4, 2
+    # Token positions in the rolled map's last window (bottom right): four regions meet there.
+    regions = shift_regions(h, w, window, shift)[-1].view(window, window)
+    x = torch.randn(1, h, w, 16, requires_grad=True)
+    out = call(refiner, x, config, 2, block_index=1)  # odd block: shifted
+    # Output token at rolled position (r, c) of the last window is map position (r + shift) % h, ...
+    cross, within = 0.0, 0.0
+    for r in range(window):
+        for c in range(window):
+            i = ((h - window + r + shift) % h, (w - window + c + shift) % w)
+            (grad,) = torch.autograd.grad(out[0, i[0], i[1]].sum(), x, retain_graph=True)
+            sens = grad[0].abs().sum(-1)  # (H, W)
+            for r2 in range(window):
+                for c2 in range(window):
+                    j = ((h - window + r2 + shift) % h, (w - window + c2 + shift) % w)
+                    if j == i:
+                        continue
+                    value = float(sens[j])
+                    if regions[r, c] == regions[r2, c2]:
+                        within = max(within, value)
+                    else:
+                        cross = max(cross, value)
+    assert within > 1e-3
+    assert cross <= 1e-30 * within + 1e-30, (cross, within)  # zero up to the mask's exp(-100) leak

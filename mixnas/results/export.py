@@ -31,7 +31,6 @@ from mixnas.supernet.deploy import FORMATS, DeployError, require, write_format
 from mixnas.training import read_preprocessing
 from mixnas.trials import load_trials
 
-
 MAX_NAME = 120  # characters of a file's stem; file systems allow 255 bytes, and suffixes and temporaries add some
 
 

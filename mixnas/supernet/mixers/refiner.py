@@ -6,9 +6,13 @@ a 1x1 conv H -> e*H over heads; distributed local attention, a depth-wise k x k 
 released code) over each expanded map; then a 1x1 conv e*H -> H back to the heads. The released code's
 extras (BatchNorm and ReLU6 between the convs, a residual, refining every second block) are not used.
 
-With shifted windows, the refined maps are multiplied by the shift mask's allowed pairs: the convolutions
-would otherwise move weight back onto pairs the mask separated (tokens that the cyclic roll brought
-together from opposite borders), and those pairs get exactly zero weight.
+With shifted windows, a window holds tokens of up to four regions of the map that the cyclic roll brought
+together from opposite borders, and Swin's mask keeps each region's attention to itself. Refinement keeps
+that: the depth-wise conv over the maps reads, for the entry of a query and a key of one region, only
+entries whose query and key are both of that region (``region_gates``; the other taps count as zero, as
+the padding does), and the refined maps are multiplied by the mask's allowed pairs, which then weigh
+exactly zero. A token's output so depends on no token of another region, as in Swin (a test). Without a
+shift the conv is the plain one. The gated conv is k*k multiply-adds per entry, as the conv's.
 """
 
 from __future__ import annotations
@@ -17,18 +21,33 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mixnas.search_space import IntParam, MixerConfig, StageChoices, StageConfig
-from mixnas.supernet.elastic import ElasticConv2d
+from mixnas.supernet.elastic import ElasticConv2d, active_slice
 from mixnas.supernet.mixers._api import MixerContext
 from mixnas.supernet.mixers.window_attn import (
     WindowAttention,
     WindowAttentionSpec,
     check_window,
     effective_window,
+    shift_regions,
     window_limits,
 )
+
+
+def region_gates(h: int, w: int, window: int, shift: int, k: int, device: torch.device | None = None) -> Tensor:
+    """(nW, k*k, N, N) 1 where a k x k tap over a window's (N x N) attention map reads an entry of the same
+    region pair as the entry it refines (query and key of one region), 0 elsewhere (and off the map)."""
+    regions = shift_regions(h, w, window, shift).to(device)  # (nW, N)
+    same = torch.logical_not(torch.ne(regions[:, :, None], regions[:, None, :]))
+    labels = torch.where(same, regions[:, :, None], torch.full_like(regions[:, :, None], -1.0))  # (nW, N, N)
+    p = k // 2
+    padded = F.pad(labels, (p, p, p, p), value=-2.0)
+    n = labels.shape[-1]
+    taps = [padded[:, dy:dy + n, dx:dx + n] for dy in range(k) for dx in range(k)]
+    return torch.logical_not(torch.ne(torch.stack(taps, 1), labels[:, None])).float()
 
 
 class RefinerAttention(nn.Module):
@@ -55,11 +74,29 @@ class RefinerAttention(nn.Module):
                                    bias=False)
         self.reduce = ElasticConv2d(expansion_ratio * heads, heads, 1, bias=False)
 
-    def refine(self, attn: Tensor, heads: int, expansion_ratio: int, kernel_size: int) -> Tensor:
-        """(M, H, N, N) softmax maps -> (M, H, N, N) refined maps."""
+    def refine(self, attn: Tensor, heads: int, expansion_ratio: int, kernel_size: int,
+               gates: Tensor | None = None) -> Tensor:
+        """(M, H, N, N) softmax maps -> (M, H, N, N) refined maps; ``gates`` (nW, k*k, N, N) restrict the
+        depth-wise conv to entries of the same region pair (M = B * nW)."""
         a = self.expand(attn, out_channels=expansion_ratio * heads)
-        a = self.local(a, kernel_size=kernel_size)
+        a = self.local(a, kernel_size=kernel_size) if gates is None else self.gated_local(a, gates, kernel_size)
         return self.reduce(a, out_channels=heads)
+
+    def gated_local(self, a: Tensor, gates: Tensor, k: int) -> Tensor:
+        """The depth-wise k x k conv over (M, C, N, N) maps, each tap of each entry multiplied by its gate."""
+        m, c, n, _ = a.shape
+        nw = gates.shape[0]
+        weight = active_slice(self.local.weight, (c, 1, k, k), centred=(2, 3)).reshape(c, k * k)
+        p = k // 2
+        padded = F.pad(a, (p, p, p, p)).view(m // nw, nw, c, n + 2 * p, n + 2 * p)
+        out = a.new_zeros(m // nw, nw, c, n, n)
+        gates = gates.to(a.dtype)
+        for t in range(k * k):
+            dy, dx = divmod(t, k)
+            tap = weight[:, t].view(1, 1, c, 1, 1) * gates[:, t].view(1, nw, 1, n, n)
+            # One fused multiply-add per entry and tap (the profiler counts addcmul so, as the conv).
+            out = torch.addcmul(out, padded[..., dy:dy + n, dx:dx + n], tap)
+        return out.view(m, c, n, n)
 
     def forward(self, x: Tensor, ctx: MixerContext) -> Tensor:
         """x: (B, H, W, C), already normalised -> (B, H, W, C)."""
@@ -72,7 +109,10 @@ class RefinerAttention(nn.Module):
             scores = scores + mask
         nw, n = scores.shape[1], scores.shape[3]
         maps = scores.softmax(dim=-1).reshape(b * nw, heads, n, n)
-        maps = self.refine(maps, heads, m.expansion_ratio, m.kernel_size).view(b, nw, heads, n, n)
+        gates = None
+        if shift_mask is not None and m.kernel_size > 1:
+            gates = region_gates(h, w, window, shift, m.kernel_size, x.device)
+        maps = self.refine(maps, heads, m.expansion_ratio, m.kernel_size, gates).view(b, nw, heads, n, n)
         if shift_mask is not None:
             maps = maps * (shift_mask == 0).to(maps.dtype)  # (1, nW, 1, N, N): zero across the roll's seams
         out = torch.matmul(maps, v)  # (B, nW, heads, N, head_dim)

@@ -54,15 +54,20 @@ def relative_position_index(window: int) -> Tensor:
 
 
 @lru_cache(maxsize=64)
-def shift_attention_mask(h: int, w: int, window: int, shift: int) -> Tensor:
-    """(nW, N, N) additive mask: -100 between tokens that came from different regions of the rolled map."""
+def shift_regions(h: int, w: int, window: int, shift: int) -> Tensor:
+    """(nW, N) the region (0..8) of the rolled map that each token of each window came from."""
     img = torch.zeros(h, w)
     count = 0
     for hs in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
         for ws in (slice(0, -window), slice(-window, -shift), slice(-shift, None)):
             img[hs, ws] = count
             count += 1
-    regions = window_partition(img.view(1, h, w, 1), window).view(-1, window * window)  # (nW, N)
+    return window_partition(img.view(1, h, w, 1), window).view(-1, window * window)
+
+
+def shift_attention_mask(h: int, w: int, window: int, shift: int) -> Tensor:
+    """(nW, N, N) additive mask: -100 between tokens that came from different regions of the rolled map."""
+    regions = shift_regions(h, w, window, shift)  # (nW, N)
     diff = regions[:, None, :] - regions[:, :, None]
     return torch.where(diff != 0, SHIFT_MASK_VALUE, 0.0)
 

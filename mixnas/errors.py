@@ -35,6 +35,11 @@ class LUTError(MixnasError, ValueError):
     """A latency table is missing, corrupt, from another version, or lacks a component an architecture uses."""
 
 
+class DeployError(MixnasError, ValueError):
+    """A deployment export that cannot be done: a missing optional package (the message names the extra),
+    an unknown format, a failed conversion (the message names the file)."""
+
+
 class StorageError(MixnasError, OSError):
     """A result, checkpoint or page could not be written (a read-only or full disk, no permission); the
     message names the file and the reason, and the file is left as it was (writes are atomic)."""
@@ -54,6 +59,6 @@ def where(source: str | None, path: str) -> str:
 
 
 __all__ = [
-    "CheckpointError", "ConfigError", "DataError", "LUTError", "MixnasError", "ResultsError", "RunLockedError",
-    "StorageError", "UsageError", "where",
+    "CheckpointError", "ConfigError", "DataError", "DeployError", "LUTError", "MixnasError", "ResultsError",
+    "RunLockedError", "StorageError", "UsageError", "where",
 ]

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from mixnas.atomic import atomic_write, atomic_write_bytes
-from mixnas.errors import MixnasError
+from mixnas.errors import DeployError
 from mixnas.supernet.mixers import export_form_of
 
 FORMATS = ("onnx", "torch-export")
@@ -33,10 +33,6 @@ SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
 OPSET = 18
 MAX_BATCH = 4096
 _DEPLOY_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}
-
-
-class DeployError(MixnasError, ValueError):
-    """An export that cannot be done: a missing optional package, an unknown format, a failed conversion."""
 
 
 def require(*modules: str) -> None:

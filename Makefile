@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint references clean
+.PHONY: demo test test-fast lint references clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	@scripts/ensure-chromium
 	$(BIN)/python -m pytest
+
+# The edit loop: everything but the tests marked slow (CI runs `make test`, the whole suite).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 references: $(STAMP)
 	$(BIN)/mixnas profile mixnas/configs/reference/*.yaml --max-seconds 3

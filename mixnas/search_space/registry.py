@@ -5,7 +5,8 @@ elastic ``nn.Module`` it builds, registered with ``register_mixer``. Nothing els
 mixer names: ArchConfig and SearchSpace parse and check a mixer's parameters through its spec, the
 backbone asks it which norms surround it and builds its module, the latency table keys it, export and
 the pages label and colour it. Adding a mixer is one new module plus one import line in
-``mixnas/supernet/mixers/__init__.py`` (or a ``register_mixer`` call in your own code, as the tests do).
+``mixnas/supernet/mixers/__init__.py``, or a ``register_mixer`` call in your own code (as the tests do), or
+a package of its own declaring a ``mixnas.mixers`` entry point (``mixnas.supernet.mixers._plugins``).
 
 This module is pure Python (no torch): the spec's ``build`` is implemented by the supernet layer.
 The built-in mixers register when ``mixnas`` is imported, as timm's models do when ``timm`` is.
@@ -245,6 +246,22 @@ class MixerSpec:
 
 
 _REGISTRY: dict[str, MixerSpec] = {}
+# Registrations that could not run yet (a plug-in whose own module was still importing mixnas when mixnas
+# loaded the plug-ins): each is retried at the registry's next lookup until it says it is done.
+_PENDING: list[Callable[[], bool]] = []
+
+
+def defer_registration(attempt: Callable[[], bool]) -> None:
+    """Run ``attempt`` at each later lookup (``get_mixer``, ``mixer_names``) until it returns True."""
+    _PENDING.append(attempt)
+
+
+def _settle() -> None:
+    if not _PENDING:
+        return
+    pending = list(_PENDING)
+    _PENDING.clear()  # an attempt's own lookups find nothing pending: no recursion
+    _PENDING.extend(attempt for attempt in pending if not attempt())
 
 
 def register_mixer(spec: MixerSpec | type[MixerSpec], replace: bool = False) -> MixerSpec:
@@ -275,6 +292,7 @@ def unregister_mixer(name: str) -> None:
 
 def get_mixer(name: str, field: str = "mixer.type") -> MixerSpec:
     """The registered spec of ``name``; ConfigError naming ``field`` and the known names otherwise."""
+    _settle()
     spec = _REGISTRY.get(name) if isinstance(name, str) else None
     if spec is None:
         raise ConfigError(f"{field}: unknown value {name!r}; allowed: {', '.join(mixer_names())}")
@@ -283,4 +301,5 @@ def get_mixer(name: str, field: str = "mixer.type") -> MixerSpec:
 
 def mixer_names() -> list[str]:
     """Registered mixer types, in registration order (the built-ins first)."""
+    _settle()
     return list(_REGISTRY)

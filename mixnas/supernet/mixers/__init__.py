@@ -1,7 +1,9 @@
 """The token mixers, one module each (its spec, parameters, checks, limits and elastic module).
 
 Importing this package registers the built-in mixers, in the order the pages and defaults list them.
-A new mixer is a module here plus one line below, or a ``register_mixer`` call in your own code.
+A new mixer is a module here plus one line below, a ``register_mixer`` call in your own code, or a
+package of its own with a ``mixnas.mixers`` entry point (``_plugins.py``), which ``import mixnas`` loads
+once the built-ins and the rest of mixnas are in place.
 """
 
 from mixnas.search_space import register_mixer
@@ -13,6 +15,7 @@ from mixnas.supernet.mixers._api import (
     budget_loss,
     export_form_of,
 )
+from mixnas.supernet.mixers._plugins import ENTRY_POINT_GROUP, is_builtin, load_plugins, plugin_mixers
 from mixnas.supernet.mixers.dge import DGESpec, DynamicGrainedEncoder
 from mixnas.supernet.mixers.dwconv import DWConvMixer, DWConvSpec
 from mixnas.supernet.mixers.dyn_dwconv import DynamicDWConvMixer, DynamicDWConvSpec
@@ -26,4 +29,5 @@ __all__ = [
     "BlockParts", "DGESpec", "DWConvMixer", "DWConvSpec", "DynamicCost", "DynamicDWConvMixer", "DynamicDWConvSpec",
     "DynamicGrainedEncoder", "MixerContext", "RefinerAttention", "RefinerSpec", "WindowAttention",
     "ExportForm", "WindowAttentionSpec", "budget_loss", "export_form_of",
+    "ENTRY_POINT_GROUP", "is_builtin", "load_plugins", "plugin_mixers",
 ]

@@ -37,7 +37,8 @@ class ArchCost:
             out["latency_ms"] = {"median": lat.pop("median_ms"), "p90": lat.pop("p90_ms"), "mean": lat.pop("mean_ms")}
             out["device"] = lat.pop("device")
             out["batch_size"] = lat.pop("batch_size")
-            out["latency_ms"].update(runs=lat["runs"], warmup=lat["warmup"], dtype=lat["dtype"])
+            out["latency_ms"].update(runs=lat["runs"], warmup=lat["warmup"], dtype=lat["dtype"],
+                                     backend=lat["backend"])
         return out
 
 
@@ -132,14 +133,15 @@ def flops_per_image(
 def architecture_cost(
     model: nn.Module, arch: ArchConfig, device: str = "cpu", batch_size: int = 1, latency: bool = True,
     runs: int = 50, warmup: int = 10, max_seconds: float | None = None, amp_dtype: torch.dtype | None = None,
-    images: torch.Tensor | None = None,
+    images: torch.Tensor | None = None, latency_backend: str = "eager",
 ) -> ArchCost:
-    """Measure ``model`` (the network of ``arch``): FLOPs on the CPU copy, latency on ``device``."""
+    """Measure ``model`` (the network of ``arch``): FLOPs on the CPU copy, latency on ``device`` as
+    ``latency_backend`` runs it (eager, compile or onnxruntime: ``mixnas.search.latency_backends``)."""
     mean, lo, hi = model_gflops(model, arch, images)
     stats = None
     if latency:
         stats = measure_latency(
             model, arch.input_size, batch_size=batch_size, device=device, runs=runs, warmup=warmup,
-            in_chans=arch.in_chans, amp_dtype=amp_dtype, max_seconds=max_seconds,
+            in_chans=arch.in_chans, amp_dtype=amp_dtype, max_seconds=max_seconds, backend=latency_backend,
         )
     return ArchCost(count_params(model), mean, lo, hi, stats)

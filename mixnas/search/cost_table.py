@@ -26,7 +26,7 @@ import torch
 from mixnas.atomic import atomic_write_text
 from mixnas.search.encoding import DEPTH, DIM, FFN, HEADS, MIXER, RATIO, ArchCodec
 from mixnas.search.latency_lut import (
-    _ComponentRunner,
+    _Call,
     block_key,
     head_key,
     merge_key,
@@ -52,9 +52,7 @@ def count_components(space: SearchSpace) -> dict[str, tuple[int, int]]:
     for c in space_components(space, batch_size=1):
         module, call = c.build()
         module.eval()
-        runner = _ComponentRunner(module, torch.randn(c.input_shape), call)
-        image = torch.zeros(1, space.in_chans, space.input_size, space.input_size)
-        out[c.key] = (count_flops(runner, image), count_params(module))
+        out[c.key] = (count_flops(_Call(module, call), torch.randn(c.input_shape)), count_params(module))
     return out
 
 

@@ -33,6 +33,7 @@ from mixnas.errors import CheckpointError, ConfigError, MixnasError
 from mixnas.run_dir import RunDir
 from mixnas.search.cost import is_input_dependent, model_gflops
 from mixnas.search.cost_table import CostTable
+from mixnas.search.latency_backends import check_backend
 from mixnas.search.profiler import count_params, device_name
 from mixnas.search.robust_latency import RobustLatency
 from mixnas.search_space import ArchConfig
@@ -65,6 +66,8 @@ class EvalSettings:
             (``mixnas.search.robust_latency``).
         latency_tolerance: a reading whose rounds disagree, or whose load probe ran slower, by more than
             this ratio is measured again (twice at most) and flagged ``latency_unstable`` if it stays so.
+        latency_backend: how a candidate runs when its latency is measured: ``eager``, ``compile`` or
+            ``onnxruntime`` (``mixnas.search.latency_backends``); a lookup table must have been built with it.
         calib_batches: training batches for BatchNorm recalibration.
         val_limit: evaluate on at most this many validation images (0 = all).
         flops_images: validation images whose FLOPs are averaged for input-dependent (DGE) models
@@ -83,6 +86,7 @@ class EvalSettings:
     latency_max_seconds: float = 2.0
     latency_repeats: int = 3
     latency_tolerance: float = 1.5
+    latency_backend: str = "eager"
     calib_batches: int = 10
     val_limit: int = 0
     flops_images: int = 0
@@ -98,6 +102,8 @@ class EvalSettings:
         if self.latency != "measure":  # how latency would be timed changes nothing then
             d.pop("latency_repeats")
             d.pop("latency_tolerance")
+        if self.latency == "none" or self.latency_backend == "eager":  # eager: as keyed before backends existed
+            d.pop("latency_backend")
         return json.dumps(d, sort_keys=True)
 
 
@@ -143,13 +149,18 @@ class CandidateEvaluator:
                     f"--latency-lut: {self.settings.latency_lut} was measured at batch {self.lut.batch_size}, "
                     f"but --latency-batch-size is {self.settings.latency_batch_size}; build a table at that batch"
                 )
+            self.lut.check_backend(self.settings.latency_backend)
+        elif self.settings.latency == "measure":
+            # Packages are checked where latency is measured: an evaluator that only re-creates scored
+            # networks (mixnas export --weights) needs none.
+            check_backend(self.settings.latency_backend, self.device, installed=False)
         self.cache_dir = self.run.cache_dir
         self._memory: dict[str, dict[str, Any]] = {}
         self._cost_table: CostTable | None = None
         s = self.settings
         self.timer = RobustLatency(device=str(self.device), batch_size=s.latency_batch_size, runs=s.latency_runs,
                                    repeats=s.latency_repeats, max_seconds=s.latency_max_seconds,
-                                   tolerance=s.latency_tolerance)
+                                   tolerance=s.latency_tolerance, backend=s.latency_backend)
 
     @property
     def cost_table(self) -> CostTable:
@@ -236,9 +247,10 @@ class CandidateEvaluator:
             return {"latency_ms": median, "latency_p90_ms": math.nan, "latency_source": self.lut.source}
         reading = self.timer.measure(model, arch.input_size, in_chans=arch.in_chans)
         model.cpu()
+        backend = "" if s.latency_backend == "eager" else f", {s.latency_backend}"
         return {
             "latency_ms": reading.median_ms, "latency_p90_ms": reading.p90_ms,
-            "latency_source": f"measured: {device_name(str(self.device))}, batch {s.latency_batch_size}",
+            "latency_source": f"measured: {device_name(str(self.device))}, batch {s.latency_batch_size}{backend}",
             "latency_unstable": reading.unstable, "latency_rounds_ms": ",".join(f"{r:.4g}" for r in reading.rounds_ms),
             "latency_load": reading.load, "latency_attempts": reading.attempts,
         }

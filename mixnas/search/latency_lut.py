@@ -34,10 +34,18 @@ shared machine a burst of load falls on both alike rather than on a few entries 
 On the CPU a table holds for the thread count it was built with (``device`` names it, as
 ``device_name`` does); set ``torch.set_num_threads`` alike when comparing.
 
+A table holds for the latency backend it was measured with (``backend``: eager, compile or onnxruntime,
+``mixnas.search.latency_backends``), components and calibration networks alike: each component is
+compiled or exported on its own, with its real input as the graph's input (an input held as a constant
+would let ONNX Runtime fold the whole component away). A search asking for another backend refuses the
+table. Tables written before backends were offered were measured eagerly.
+
 DGE's latency depends on the image through its router. Blocks and calibration networks are measured
 with the router as initialised (small weights and a prior giving the finest granularity probability
 0.95), under which evaluation sends every region to the finest granularity: the table predicts DGE at
-its densest, an upper bound for a trained router.
+its densest, an upper bound for a trained router. With the onnxruntime backend a DGE block runs its
+export form, which computes every granularity whatever the router picks, so there the table predicts that
+form's cost (sum(g^2) queries per region), the same for any router.
 """
 
 from __future__ import annotations
@@ -60,7 +68,8 @@ from torch import Tensor, nn
 
 from mixnas.atomic import atomic_write_text
 from mixnas.errors import LUTError
-from mixnas.search.profiler import device_name, measure_latency
+from mixnas.search.latency_backends import BACKENDS, check_backend
+from mixnas.search.profiler import device_name, latency_runner, measure_latency
 from mixnas.search_space import ArchConfig, MixerConfig, SearchSpace, StageConfig
 from mixnas.search_space.arch import stage_resolutions
 from mixnas.supernet.backbone import Block, MixerNet, PatchMerging, StageLimits, build_model
@@ -136,23 +145,22 @@ def arch_components(arch: ArchConfig) -> Counter[str]:
 
 
 # ------------------------------------------------------------------------------- standalone components
-class _ComponentRunner(nn.Module):
-    """Runs one component on its own input; the image that ``measure_latency`` passes in is ignored.
+class _Call(nn.Module):
+    """Runs one component on its input the way the network calls it, as a module of one tensor (which a
+    backend can compile or export, the input being the graph's input).
 
     Args:
         component: the module, built at exactly the measured size.
-        inputs: its input at the table's batch size, e.g. (B, H, W, C) channels-last tokens.
         call: how the network calls it: ``call(component, inputs)``.
     """
 
-    def __init__(self, component: nn.Module, inputs: Tensor, call: ComponentCall) -> None:
+    def __init__(self, component: nn.Module, call: ComponentCall) -> None:
         super().__init__()
         self.component = component
-        self.register_buffer("inputs", inputs, persistent=False)
         self.call = call
 
-    def forward(self, image: Tensor) -> Tensor:
-        return self.call(self.component, self.inputs)
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.call(self.component, inputs)
 
 
 def _with_dim(space: SearchSpace, stage_index: int, dim: int) -> ArchConfig:
@@ -307,6 +315,7 @@ class LatencyTable:
         space_name: the space the table was built for (a label).
         meta: provenance (torch version, date, runs, warm-up, dtype, build seconds).
         path: the file it was loaded from or saved to, if any.
+        backend: the latency backend every entry was measured with (eager, compile or onnxruntime).
     """
 
     entries: dict[str, float]
@@ -318,6 +327,7 @@ class LatencyTable:
     space_name: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
+    backend: str = "eager"
 
     # ------------------------------------------------------------------------------------------- I/O
     def to_dict(self) -> dict[str, Any]:
@@ -326,6 +336,7 @@ class LatencyTable:
             "version": LUT_VERSION,
             "device": self.device,
             "device_type": self.device_type,
+            "backend": self.backend,
             "batch_size": self.batch_size,
             "space_name": self.space_name,
             "geometry": self.geometry,
@@ -388,21 +399,34 @@ class LatencyTable:
         batch = data["batch_size"]
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch_size is {batch!r}")
+        backend = data.get("backend", "eager")  # tables from before the backends were measured eagerly
+        if backend not in BACKENDS:
+            raise ValueError(f"backend is {backend!r}, not one of {', '.join(BACKENDS)}")
         return cls(
             entries=clean, device=str(data["device"]), batch_size=batch, calibration=cal,
             device_type=str(data.get("device_type", "cpu")), geometry=dict(data.get("geometry") or {}),
-            space_name=data.get("space_name"), meta=dict(data.get("meta") or {}), path=path,
+            space_name=data.get("space_name"), meta=dict(data.get("meta") or {}), path=path, backend=backend,
         )
 
     # ------------------------------------------------------------------------------------ prediction
     @property
     def source(self) -> str:
-        """Where predictions come from, e.g. ``predicted: lut.json (cuda: NVIDIA H200, batch 64)``."""
+        """Where predictions come from, e.g. ``predicted: lut.json (cuda: NVIDIA H200, batch 64)``; a backend
+        other than eager is named after the batch."""
         where = self.device if self.device.startswith(f"{self.device_type}:") else f"{self.device_type}: {self.device}"
-        return f"predicted: {self.path or 'in-memory table'} ({where}, batch {self.batch_size})"
+        backend = "" if self.backend == "eager" else f", {self.backend}"
+        return f"predicted: {self.path or 'in-memory table'} ({where}, batch {self.batch_size}{backend})"
 
     def _name(self) -> str:
         return self.path or "the latency table"
+
+    def check_backend(self, backend: str) -> None:
+        """LUTError unless the table was measured with the latency backend ``backend``."""
+        if backend != self.backend:
+            raise LUTError(
+                f"{self._name()}: measured with the {self.backend} latency backend, but {backend} latency was asked "
+                f"for (--latency-backend); build a table with mixnas latency build-lut --latency-backend {backend}"
+            )
 
     def check_geometry(self, arch: ArchConfig) -> None:
         """LUTError if ``arch`` differs from the table's space in a fixed field (input size, patch, ...)."""
@@ -501,7 +525,7 @@ def calibration_architectures(space: SearchSpace, count: int, seed: int) -> list
 
 def measure_network_ms(
     arch: ArchConfig, device: str = "cpu", batch_size: int = 1, runs: int = DEFAULT_RUNS,
-    warmup: int = DEFAULT_WARMUP, max_seconds: float | None = None, seed: int = 0,
+    warmup: int = DEFAULT_WARMUP, max_seconds: float | None = None, seed: int = 0, backend: str = "eager",
 ) -> float:
     """Median latency (ms) of the standalone network of ``arch`` (``build_model``), as the table measures it.
 
@@ -513,25 +537,24 @@ def measure_network_ms(
         warmup: untimed runs first.
         max_seconds: cap on the timed runs' total duration (s); None for no cap.
         seed: seeds the weights' initialisation.
+        backend: the latency backend (eager, compile or onnxruntime).
     """
     torch.manual_seed(seed)
     model = build_model(arch)
     stats = measure_latency(
         model, arch.input_size, batch_size=batch_size, device=device, runs=runs, warmup=warmup,
-        in_chans=arch.in_chans, max_seconds=max_seconds,
+        in_chans=arch.in_chans, max_seconds=max_seconds, backend=backend,
     )
     return stats.median_ms
 
 
 def _measure_component(
-    c: _Component, device: str, runs: int, warmup: int, max_seconds: float | None, seed: int
+    c: _Component, device: str, runs: int, warmup: int, max_seconds: float | None, seed: int, backend: str
 ) -> float:
     torch.manual_seed(seed)
     module, call = c.build()
-    runner = _ComponentRunner(module, torch.randn(c.input_shape), call)
-    stats = measure_latency(runner, 1, batch_size=1, device=device, runs=runs, warmup=warmup, in_chans=1,
-                            max_seconds=max_seconds)
-    return stats.median_ms
+    with latency_runner(_Call(module, call), c.input_shape, device, backend=backend) as runner:
+        return runner.measure(runs, warmup, max_seconds).median_ms
 
 
 def _interleaved(
@@ -569,6 +592,7 @@ def build_latency_table(
     progress: bool = True,
     max_seconds_per_entry: float | None = None,
     passes: int = 1,
+    backend: str = "eager",
 ) -> LatencyTable:
     """Measure every component of ``space`` on ``device`` and calibrate on whole networks.
 
@@ -587,12 +611,16 @@ def build_latency_table(
         passes: measure every component and network this many times (``runs`` each), in alternating
             order, and keep the median of its medians. 1 suffices on an idle device; 3 makes a table
             built on a shared, noisy machine robust to bursts of load from other processes.
+        backend: the latency backend every component and calibration network runs with (eager, compile or
+            onnxruntime; ``mixnas.search.latency_backends``). compile and onnxruntime compile or export each
+            one first (seconds each), and with ``passes > 1`` again in every pass.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if passes < 1:
         raise ValueError(f"passes must be >= 1, got {passes}")
     name = device_name(device)  # also rejects an unavailable device before anything is built
+    check_backend(backend, device)
     start = time.perf_counter()
     components = space_components(space, batch_size)
     archs = calibration_architectures(space, calibration_archs, seed)
@@ -601,7 +629,8 @@ def build_latency_table(
         print(
             f"latency LUT: {len(components)} components ({kinds['block']} blocks, {kinds['merge']} mergings, "
             f"{kinds['stem']} stems, {kinds['head']} heads) and {len(archs)} calibration networks "
-            f"on {name}, batch {batch_size}" + (f", {passes} passes" if passes > 1 else ""),
+            f"on {name}, batch {batch_size}" + (f", {passes} passes" if passes > 1 else "")
+            + ("" if backend == "eager" else f", {backend}"),
             file=sys.stderr,
         )
     # Calibration networks are spread among the components, so that both meet the same load.
@@ -611,8 +640,8 @@ def build_latency_table(
 
     def measure(job: _Component | ArchConfig) -> float:
         if isinstance(job, ArchConfig):
-            return measure_network_ms(job, device, batch_size, runs, warmup, max_seconds_per_entry, seed)
-        return _measure_component(job, device, runs, warmup, max_seconds_per_entry, seed)
+            return measure_network_ms(job, device, batch_size, runs, warmup, max_seconds_per_entry, seed, backend)
+        return _measure_component(job, device, runs, warmup, max_seconds_per_entry, seed, backend)
 
     results = list(zip(jobs, _interleaved(jobs, measure, passes, progress, "measuring")))
     entries = {job.key: ms for job, ms in results if isinstance(job, _Component)}
@@ -621,7 +650,7 @@ def build_latency_table(
         entries=entries, device=name, batch_size=batch_size, calibration={"scale": 1.0, "offset_ms": 0.0},
         device_type=torch.device(device).type,
         geometry={**{f: getattr(space, f) for f in GEOMETRY_FIELDS}, "num_stages": len(space.stages)},
-        space_name=space.name,
+        space_name=space.name, backend=backend,
     )
     measured = [networks[a.arch_id] for a in archs]
     sums = [table.component_sum(a) for a in archs]

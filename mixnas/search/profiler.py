@@ -37,7 +37,9 @@ Decisions:
   `unsupported_ops` names it (the tests check it is empty for Swin and DeiT).
 
 Latency is measured on a named device (``device_name``): CUDA events on a GPU, ``time.perf_counter_ns``
-on the CPU, after warm-up; median and p90 in milliseconds, batch size stated.
+on the CPU, after warm-up; median and p90 in milliseconds, batch size stated. The network runs as a
+latency backend deploys it (``mixnas.search.latency_backends``: eager PyTorch, ``torch.compile`` or ONNX
+Runtime); ``latency_runner`` prepares it once, so that interleaved rounds time the same compiled network.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ import math
 import platform
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +60,7 @@ from torch import nn
 from torch.jit import TracerWarning
 
 from mixnas.device import resolve_device
+from mixnas.search.latency_backends import check_backend, deployed_forward
 
 # fvcore's import pulls in iopath/portalocker (DeprecationWarning) and runs torch.jit.script on its
 # loss functions (FutureWarning on recent torch); neither concerns us, and filtering here keeps the
@@ -69,12 +72,14 @@ with warnings.catch_warnings():
     from fvcore.nn.jit_handles import get_shape
 
 __all__ = [
+    "LatencyRunner",
     "LatencyStats",
     "count_flops",
     "count_params",
     "device_name",
     "flops_by_module",
     "flops_summary",
+    "latency_runner",
     "measure_latency",
     "unsupported_ops",
 ]
@@ -305,6 +310,7 @@ class LatencyStats:
         batch_size: images per forward pass.
         device: the device's name, as `device_name` gives it.
         dtype: the compute dtype ("float32", or the autocast dtype such as "bfloat16").
+        backend: how the network ran (``mixnas.search.latency_backends``): "eager", "compile" or "onnxruntime".
     """
 
     median_ms: float
@@ -315,6 +321,7 @@ class LatencyStats:
     batch_size: int
     device: str
     dtype: str
+    backend: str = "eager"
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -366,6 +373,7 @@ def measure_latency(
     in_chans: int = 3,
     amp_dtype: torch.dtype | None = None,
     max_seconds: float | None = None,
+    backend: str = "eager",
 ) -> LatencyStats:
     """Measures the latency (ms) of one forward pass on random images, in eval mode, without grad.
 
@@ -386,6 +394,8 @@ def measure_latency(
         max_seconds: cap on the timed runs' total duration (s): stop once it is reached, but after at
             least 5 timed runs (or `runs`, if fewer). The warm-up is capped the same way (at least one
             run), so a slow model on the CPU stays fast to measure. None: no cap.
+        backend: how the network runs as deployed (``mixnas.search.latency_backends``): "eager",
+            "compile" (compiled before the warm-up, never timed) or "onnxruntime" (CPU only).
     """
     minimums = {"input_size": (input_size, 1), "batch_size": (batch_size, 1), "runs": (runs, 1),
                 "warmup": (warmup, 0), "in_chans": (in_chans, 1)}
@@ -394,55 +404,115 @@ def measure_latency(
             raise ValueError(f"{name} must be >= {least}, got {value}")
     if max_seconds is not None and max_seconds <= 0:
         raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
+    with latency_runner(model, (batch_size, in_chans, input_size, input_size), device, amp_dtype, backend) as runner:
+        return runner.measure(runs, warmup, max_seconds)
+
+
+class LatencyRunner:
+    """A network ready to be timed on a device with a backend, and the input it is timed on.
+
+    Made by ``latency_runner``; ``measure`` may be called several times (interleaved rounds) without
+    compiling or exporting the network again.
+
+    Args:
+        run: the forward pass as the backend runs it (``latency_backends.deployed_forward``).
+        inputs: the timed input, e.g. random images (B, C, H, W), on the device.
+        device: "cpu" or "cuda[:N]".
+        amp_dtype: the autocast dtype, or None.
+        dtype: the model's own dtype.
+        backend: the backend's name.
+    """
+
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, device: str,
+                 amp_dtype: torch.dtype | None, dtype: torch.dtype, backend: str) -> None:
+        self.run = run
+        self.inputs = inputs
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.dtype = dtype
+        self.backend = backend
+
+    def measure(self, runs: int = 50, warmup: int = 10, max_seconds: float | None = None) -> LatencyStats:
+        """Warm up, then time ``runs`` forward passes (ms); ``max_seconds`` caps both as in ``measure_latency``."""
+        if runs < 1 or warmup < 0:
+            raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs} and {warmup}")
+        if max_seconds is not None and max_seconds <= 0:
+            raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}")
+        x = self.inputs
+        cap_ms = math.inf if max_seconds is None else max_seconds * 1e3
+        time_run = _cuda_run_ms if x.is_cuda else _cpu_run_ms
+        with _run_context(x.device, self.amp_dtype):
+            warmup_done, spent_ms = 0, 0.0
+            while warmup_done < warmup and (warmup_done == 0 or spent_ms < cap_ms):
+                spent_ms += time_run(self.run, x)
+                warmup_done += 1
+            times_ms: list[float] = []
+            least = min(_MIN_TIMED_RUNS, runs)
+            while len(times_ms) < runs and (len(times_ms) < least or sum(times_ms) < cap_ms):
+                times_ms.append(time_run(self.run, x))
+
+        median_ms, p90_ms = np.percentile(times_ms, [50, 90], method="linear")
+        return LatencyStats(
+            median_ms=float(median_ms),
+            p90_ms=float(p90_ms),
+            mean_ms=float(np.mean(times_ms)),
+            runs=len(times_ms),
+            warmup=warmup_done,
+            batch_size=x.shape[0],
+            device=device_name(self.device),
+            dtype=str(self.amp_dtype or self.dtype).removeprefix("torch."),
+            backend=self.backend,
+        )
+
+
+@contextmanager
+def latency_runner(
+    model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", amp_dtype: torch.dtype | None = None,
+    backend: str = "eager",
+) -> Iterator[LatencyRunner]:
+    """``model`` prepared for timing: on ``device``, in eval mode, run by ``backend`` on a random input.
+
+    The model is moved to ``device`` and stays there; its train/eval modes are restored when the block
+    ends, and so is whatever the backend built (compiled code, the ONNX Runtime session).
+
+    Args:
+        model: a module taking one tensor of ``input_shape`` (a classifier: (B, C, H, W)).
+        input_shape: the timed input's shape; its first dimension is the batch.
+        device: "cpu" or "cuda[:N]"; ValueError if CUDA is asked for and not available.
+        amp_dtype: run under ``torch.autocast`` with this dtype (torch.bfloat16 or torch.float16), or None.
+        backend: "eager", "compile" or "onnxruntime" (``mixnas.search.latency_backends``).
+    """
     if amp_dtype not in (None, torch.bfloat16, torch.float16):
         raise ValueError(f"amp_dtype must be torch.bfloat16, torch.float16 or None, got {amp_dtype}")
     dev = _resolve_device(device)
-
+    check_backend(backend, dev, amp_dtype)
     model.to(dev)
     dtype = _param_dtype(model)
-    x = torch.randn(batch_size, in_chans, input_size, input_size, device=dev, dtype=dtype)
+    x = torch.randn(*input_shape, device=dev, dtype=dtype)
+    with _eval_mode(model), ExitStack() as backend_state:
+        with _run_context(dev, amp_dtype):
+            run = backend_state.enter_context(deployed_forward(model, backend, x))
+        yield LatencyRunner(run, x, device, amp_dtype, dtype, backend)
+
+
+@contextmanager
+def _run_context(dev: torch.device, amp_dtype: torch.dtype | None) -> Iterator[None]:
+    """The state every timed run (and a backend's compilation) sees: the device, no grad, the autocast."""
     autocast = torch.autocast(dev.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
-    cap_ms = math.inf if max_seconds is None else max_seconds * 1e3
-    time_run = _cuda_run_ms if dev.type == "cuda" else _cpu_run_ms
-
-    with (
-        torch.cuda.device(dev) if dev.type == "cuda" else nullcontext(),
-        _eval_mode(model),
-        torch.no_grad(),
-        autocast,
-    ):
-        warmup_done, spent_ms = 0, 0.0
-        while warmup_done < warmup and (warmup_done == 0 or spent_ms < cap_ms):
-            spent_ms += time_run(model, x)
-            warmup_done += 1
-        times_ms: list[float] = []
-        least = min(_MIN_TIMED_RUNS, runs)
-        while len(times_ms) < runs and (len(times_ms) < least or sum(times_ms) < cap_ms):
-            times_ms.append(time_run(model, x))
-
-    median_ms, p90_ms = np.percentile(times_ms, [50, 90], method="linear")
-    return LatencyStats(
-        median_ms=float(median_ms),
-        p90_ms=float(p90_ms),
-        mean_ms=float(np.mean(times_ms)),
-        runs=len(times_ms),
-        warmup=warmup_done,
-        batch_size=batch_size,
-        device=device_name(device),
-        dtype=str(amp_dtype or dtype).removeprefix("torch."),
-    )
+    with torch.cuda.device(dev) if dev.type == "cuda" else nullcontext(), torch.no_grad(), autocast:
+        yield
 
 
-def _cpu_run_ms(model: nn.Module, x: torch.Tensor) -> float:
+def _cpu_run_ms(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
     start = time.perf_counter_ns()
-    model(x)
+    run(x)
     return (time.perf_counter_ns() - start) / 1e6
 
 
-def _cuda_run_ms(model: nn.Module, x: torch.Tensor) -> float:
+def _cuda_run_ms(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> float:
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    model(x)
+    run(x)
     end.record()
     # Kernels run asynchronously: the events' times are only known once the GPU has passed `end`.
     torch.cuda.synchronize()

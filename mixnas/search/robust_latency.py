@@ -3,8 +3,9 @@
 One timing of a candidate on a busy machine can be 50x its true latency (a search recorded 206 ms beside
 neighbours at 2-5 ms). ``RobustLatency.measure`` therefore:
 
-1. times the candidate in ``repeats`` separate rounds (each a ``measure_latency`` of ``runs / repeats``
-   timed runs), interleaved with a fixed probe workload (a small matrix product, about a millisecond);
+1. times the candidate in ``repeats`` separate rounds (each ``runs / repeats`` timed runs of one
+   ``latency_runner``, so a compiled or exported network is built once), interleaved with a fixed probe
+   workload (a small matrix product, about a millisecond);
 2. takes the reading as the median of the rounds' medians, and the p90 over the rounds' p90s;
 3. calls the reading unstable when its rounds disagree (the slowest round's median more than
    ``tolerance`` times the fastest's) or when a probe beside it ran more than ``tolerance`` times slower
@@ -15,7 +16,7 @@ neighbours at 2-5 ms). ``RobustLatency.measure`` therefore:
    attempt's value, so that the table and the pages can say so instead of silently using it.
 
 On a GPU the probe runs on the same device. The timing itself is ``measure_latency``'s (CUDA events on a
-GPU, a monotonic clock on the CPU).
+GPU, a monotonic clock on the CPU), of the network as ``backend`` runs it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mixnas.search.profiler import measure_latency
+from mixnas.search.profiler import LatencyRunner, latency_runner
 
 DEFAULT_TOLERANCE = 1.5
 
@@ -72,6 +73,8 @@ class RobustLatency:
         retries: re-measurements of an unstable reading.
         pause_s: seconds to wait before a re-measurement (a burst of load may pass).
         use_probe: time the probe workload between rounds (off: only the rounds' agreement counts).
+        backend: how the network runs as deployed: "eager", "compile" or "onnxruntime"
+            (``mixnas.search.latency_backends``).
     """
 
     device: str = "cpu"
@@ -83,6 +86,7 @@ class RobustLatency:
     retries: int = 2
     pause_s: float = 0.2
     use_probe: bool = True
+    backend: str = "eager"
     _probe_best_ms: float = field(default=float("inf"), repr=False)
     _probe_x: torch.Tensor | None = field(default=None, repr=False)
 
@@ -109,29 +113,32 @@ class RobustLatency:
         self._probe_best_ms = min(self._probe_best_ms, best)
         return best / self._probe_best_ms
 
-    def _attempt(self, model: nn.Module, input_size: int, in_chans: int, warmup: int
-                 ) -> tuple[list[float], list[float], float]:
+    def _attempt(self, runner: LatencyRunner, warmup: int) -> tuple[list[float], list[float], float]:
         per_round = max(1, self.runs // self.repeats)
         cap = None if self.max_seconds is None else self.max_seconds / self.repeats
         medians, p90s, loads = [], [], [self.probe()]
         for r in range(self.repeats):
-            stats = measure_latency(model, input_size, batch_size=self.batch_size, device=self.device,
-                                    runs=per_round, warmup=warmup if r == 0 else 1, in_chans=in_chans,
-                                    max_seconds=cap)
+            stats = runner.measure(runs=per_round, warmup=warmup if r == 0 else 1, max_seconds=cap)
             medians.append(stats.median_ms)
             p90s.append(stats.p90_ms)
             loads.append(self.probe())
         return medians, p90s, max(loads)
 
     def measure(self, model: nn.Module, input_size: int, in_chans: int = 3, warmup: int = 3) -> LatencyReading:
-        """The reading for ``model`` (module docstring); the model is left on ``device``."""
+        """The reading for ``model`` (module docstring); the model is left on ``device``. With a backend other
+        than eager the network is compiled or exported once, before the first round, and every round times it."""
+        shape = (self.batch_size, in_chans, input_size, input_size)
+        with latency_runner(model, shape, self.device, backend=self.backend) as runner:
+            return self._measure(runner, warmup)
+
+    def _measure(self, runner: LatencyRunner, warmup: int) -> LatencyReading:
         best: tuple[float, list[float], list[float], float] | None = None  # (badness, medians, p90s, load)
         attempts = 0
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.pause_s)
             attempts += 1
-            medians, p90s, load = self._attempt(model, input_size, in_chans, warmup)
+            medians, p90s, load = self._attempt(runner, warmup)
             spread = max(medians) / max(min(medians), 1e-9)
             badness = max(spread, load)
             if best is None or badness < best[0]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import builtins
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+from shipped import reduced
 from torch import nn
 
 from mixnas import ArchConfig, build_model
@@ -37,11 +37,6 @@ from tests.test_search import TINY_SPACE, copy_run
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-4
 RANDOM_PER_SPACE = 20
-
-
-def reduced(arch: ArchConfig, max_depth: int = 2) -> ArchConfig:
-    stages = tuple(replace(s, depth=min(s.depth, max_depth), dim=s.heads * 8) for s in arch.stages)
-    return replace(arch, stages=stages, num_classes=10)
 
 
 def random_archs(space_name: str, n: int = RANDOM_PER_SPACE) -> list[ArchConfig]:

@@ -5,11 +5,11 @@ architectures of the demo space, built through ``timm.create_model("mixnas", arc
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 
 import pytest
 import timm
 import torch
+from shipped import reduced
 from timm.data import create_transform, resolve_data_config
 
 import mixnas.supernet.timm_model  # noqa: F401  (registers "mixnas" with timm)
@@ -21,13 +21,6 @@ from mixnas.supernet.checkpoint import save_weights
 from mixnas.supernet.timm_model import DEFAULT_ARCH
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def reduced(arch: ArchConfig) -> ArchConfig:
-    """The architecture at 8 channels per head, at most 2 blocks a stage (so shifted windows alternate) and
-    10 classes; its mixers, layout and input size unchanged."""
-    stages = tuple(replace(s, depth=min(s.depth, 2), dim=s.heads * 8) for s in arch.stages)
-    return replace(arch, stages=stages, num_classes=10)
 
 
 def demo_archs(n: int) -> list[ArchConfig]:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -131,12 +129,5 @@ def onnx_run(session, x: Tensor) -> Tensor:  # session: onnxruntime.InferenceSes
     return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
 
 
-def onnx_model_in_memory(model: nn.Module, example: Tensor | None = None):  # -> onnxruntime.InferenceSession
-    """An ONNX Runtime session of ``model`` exported to a temporary file (removed at once)."""
-    with tempfile.TemporaryDirectory(prefix="mixnas-onnx-") as tmp:
-        path = export_onnx(model, os.path.join(tmp, "model.onnx"), example)
-        return onnx_session(path)
-
-
 __all__ = ["FORMATS", "OPSET", "SUFFIXES", "DeployError", "example_input", "export_onnx", "export_program",
-           "onnx_model_in_memory", "onnx_run", "onnx_session", "require", "save_program", "write_format"]
+           "onnx_run", "onnx_session", "require", "save_program", "write_format"]

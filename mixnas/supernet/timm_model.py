@@ -33,7 +33,7 @@ from timm.models import build_model_with_cfg, register_model
 from mixnas.errors import ConfigError
 from mixnas.packaged import load_arch
 from mixnas.search_space import ArchConfig
-from mixnas.supernet.backbone import MixerNet, pretrained_cfg_of
+from mixnas.supernet.backbone import MixerNet, build_model, pretrained_cfg_of
 
 DEFAULT_ARCH = "swin_t"  # a shipped reference (mixnas/configs/reference/swin_t.yaml)
 
@@ -71,8 +71,6 @@ def _build(arch: ArchConfig, num_classes: int | None = None, in_chans: int | Non
             arch.validate()
         except ConfigError as e:
             raise ConfigError(f"{', '.join(changes)}: {e}") from None
-    from mixnas.supernet.backbone import build_model
-
     model = build_model(arch, global_pool=global_pool, drop_rate=drop_rate)
     if num_classes is not None and num_classes != arch.num_classes:
         model.reset_classifier(num_classes)

@@ -144,10 +144,13 @@ def add_training_arguments(p: argparse.ArgumentParser, epochs: int, batch_size: 
     p.add_argument("--out", required=True, type=Path, help="run directory (created; resumed when it exists)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per step (per process)")
     p.add_argument("--lr", type=positive_float, default=lr, help="peak AdamW learning rate")
-    p.add_argument("--weight-decay", type=nonnegative_float, default=0.05, help="AdamW weight decay")
-    p.add_argument("--warmup-epochs", type=nonnegative_float, default=1.0, help="linear warm-up epochs")
-    p.add_argument("--label-smoothing", type=fraction, default=0.1, help="label smoothing of the cross-entropy")
-    p.add_argument("--clip-grad", type=nonnegative_float, default=5.0, help="gradient-norm clip (0 disables)")
+    from mixnas.training._loop import CLIP_GRAD, LABEL_SMOOTHING, WARMUP_EPOCHS, WEIGHT_DECAY
+
+    p.add_argument("--weight-decay", type=nonnegative_float, default=WEIGHT_DECAY, help="AdamW weight decay")
+    p.add_argument("--warmup-epochs", type=nonnegative_float, default=WARMUP_EPOCHS, help="linear warm-up epochs")
+    p.add_argument("--label-smoothing", type=fraction, default=LABEL_SMOOTHING,
+                   help="label smoothing of the cross-entropy")
+    p.add_argument("--clip-grad", type=nonnegative_float, default=CLIP_GRAD, help="gradient-norm clip (0 disables)")
     p.add_argument("--seed", type=int, default=0, help="seeds data order, augmentation and sampling")
     p.add_argument("--steps-per-epoch", type=nonnegative_int, default=0,
                    help="cap on steps per epoch (0: whole training set)")
@@ -245,7 +248,8 @@ def _search(args: argparse.Namespace) -> int:
 
         check_backend(evaluation.latency_backend, resolve_device(evaluation.device))
     if args.backend == "ray":
-        from mixnas.search.ray_runner import RaySettings, run_ray_search
+        from mixnas.search.ray_cluster import RaySettings
+        from mixnas.search.ray_runner import run_ray_search
 
         ray_settings = RaySettings(address=args.address, cpus_per_trial=args.cpus_per_trial,
                                    gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent)

@@ -89,6 +89,7 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
     from mixnas.lock import drive
     from mixnas.results import export_architectures, pareto_table
     from mixnas.results.run_pages import write_run_pages
+    from mixnas.run_dir import RunDir
     from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings
     from mixnas.search.baseline import random_baseline
     from mixnas.search.optuna_runner import run_optuna_search
@@ -97,6 +98,7 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
     from mixnas.trials import load_trials, parse_objectives
 
     out = Path(out)
+    run = RunDir(out)
     objectives = tuple(parse_objectives(preset.objectives))
     space = SearchSpace.from_yaml(preset.space_path)
     say = print if progress else (lambda *a, **k: None)
@@ -121,8 +123,8 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
         index = write_run_pages(out, table, list(objectives), title=f"mixnas {preset.name}: {out.name}")
         say(pareto_table(table, list(objectives)))
         say("[4/4] export of the Pareto front")
-        exported = export_architectures(out, out / "exported", pareto=True, objectives=objectives,
+        exported = export_architectures(out, run.exported_dir, pareto=True, objectives=objectives,
                                         weights=evaluator.prepare, progress=progress)
     say(f"Pareto page:      {index}")
-    say(f"exported configs: {out / 'exported'} ({len(exported)} architectures, with weights)")
-    return {"index": index, "exported": out / "exported"}
+    say(f"exported configs: {run.exported_dir} ({len(exported)} architectures, with weights)")
+    return {"index": index, "exported": run.exported_dir}

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# The sealing key of Ray experiments (mixnas.search.seal) goes to a folder of this test session, never to the
+# user's own ~/.config; set before any test runs so that subprocesses (the CLI, Ray workers) inherit it.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mixnas-test-config-")
 
 
 @pytest.fixture(scope="module")

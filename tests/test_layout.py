@@ -102,6 +102,20 @@ def test_imports_point_one_way_and_the_library_never_imports_the_cli() -> None:
     assert not wrong, "\n".join(sorted(wrong))
 
 
+def test_the_two_runners_share_modules_not_each_other() -> None:
+    """The Optuna and Ray runners are peers over ``_shared`` and ``_study``; the Ray instance's code lives in
+    ``ray_cluster`` (rank-check uses it), never in the runner."""
+    edges = graph()
+    optuna_side, ray_side = {"mixnas.search.optuna_runner"}, {
+        "mixnas.search.ray_runner", "mixnas.search.ray_worker", "mixnas.search.ray_cluster"}
+    wrong = [f"{m} imports {t}" for m in optuna_side for t in edges[m] & ray_side]
+    wrong += [f"{m} imports {t}" for m in ray_side for t in edges[m] & optuna_side]
+    wrong += [f"{m} imports {t}" for m in ("mixnas.search.ray_cluster", "mixnas.search.ray_worker",
+                                            "mixnas.search.ranking") for t in edges[m] & {"mixnas.search.ray_runner"}]
+    assert not wrong, "\n".join(wrong)
+    assert "mixnas.search.ray_cluster" in edges["mixnas.search.ranking"]
+
+
 def test_no_import_cycles() -> None:
     edges = graph()
     edges.pop("mixnas", None)

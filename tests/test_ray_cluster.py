@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import ray
 
-import mixnas.search.ray_runner as ray_runner
+import mixnas.search.ray_cluster as ray_cluster
 from mixnas.results import load_trials
-from mixnas.search.ray_runner import RaySettings, live_cluster_address, start_ray, stop_ray
+from mixnas.search.ray_cluster import RaySettings, live_cluster_address, start_ray, stop_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -195,7 +195,7 @@ def test_loopback_flag_still_exists() -> None:
     from ray._private import services
 
     assert hasattr(ray_constants, "ENABLE_RAY_CLUSTER"), "ray_constants.ENABLE_RAY_CLUSTER is gone"
-    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == ray_runner._SINGLE_MACHINE_ENV
+    assert ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR == ray_cluster._SINGLE_MACHINE_ENV
     assert "ENABLE_RAY_CLUSTER" in inspect.getsource(services.get_node_ip_address)
     assert "_node_ip_address" in inspect.getsource(ray.init)
 

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import math
 import os
+import pickle
 import shutil
 import socket
 from dataclasses import replace
@@ -36,11 +37,12 @@ from ray import cloudpickle, tune
 from ray.tune.search.concurrency_limiter import ConcurrencyLimiter
 
 import mixnas.search.ray_runner as ray_runner
+import mixnas.search.ray_worker as ray_worker
 from mixnas import ArchConfig, SearchSpace
 from mixnas.errors import CheckpointError
 from mixnas.results import load_trials
 from mixnas.run_dir import RunDir
-from mixnas.search import Limits
+from mixnas.search import Limits, seal
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
 from mixnas.search.optuna_runner import (
     STUDY_NAME,
@@ -51,17 +53,16 @@ from mixnas.search.optuna_runner import (
     run_optuna_search,
     warm_start_archs,
 )
+from mixnas.search.ray_cluster import RaySettings, start_ray
 from mixnas.search.ray_runner import (
     RUN_KEY,
     ConstrainedOptunaSearch,
-    RaySettings,
     TrialBudget,
-    evaluate_candidate,
     make_search,
     results_table,
     run_ray_search,
-    start_ray,
 )
+from mixnas.search.ray_worker import evaluate_candidate
 from mixnas.search_space import ConfigError
 from mixnas.trials import TRIAL_COLUMNS
 
@@ -187,8 +188,8 @@ def test_a_failing_candidate_is_reported_not_raised(monkeypatch: pytest.MonkeyPa
             return dict(ok, cached=False)
 
     reports: list[dict[str, Any]] = []
-    monkeypatch.setitem(ray_runner._EVALUATORS, ("run", FAST), Evaluator())
-    monkeypatch.setattr(ray_runner.tune, "report", reports.append)
+    monkeypatch.setitem(ray_worker._EVALUATORS, ("run", FAST), Evaluator())
+    monkeypatch.setattr(ray_worker.tune, "report", reports.append)
     for arch in (good, bad):
         evaluate_candidate({"arch": arch.canonical_json(), "number": 0}, "run", FAST, OBJECTIVES, LIMITS)
     assert not reports[0]["failed"] and reports[0]["constraint.max_gflops"] == pytest.approx(0.00002)
@@ -543,6 +544,29 @@ def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(train
     frame = tune.ExperimentAnalysis(str(experiment)).dataframe()
     assert sorted(frame["config/number"]) == [0, 1, 2, 3]
 
+    # A pickle of yours, private (0600), but not written by your mixnas: a planted __reduce__ never runs.
+    # (Before seals, check_private let this one through and the payload ran on restore, silently.)
+    marker = tmp_path / "payload-ran"
+    states = sorted(experiment.glob("searcher-state-*.pkl"))
+    assert states and (experiment / seal.SEAL_LOG).is_file()
+    states[-1].write_bytes(pickle.dumps(Payload(marker)))
+    os.chmod(states[-1], 0o600)
+    with pytest.raises(ConfigError, match="not sealed by your mixnas") as info:
+        run_ray_search(run, replace(settings, trials=5), FAST, local, progress=False)
+    assert str(info.value).startswith(str(states[-1])) and "\n" not in str(info.value)
+    assert not marker.exists() and not ray.is_initialized()
+    assert [(t.number, t.state, t.params, t.values) for t in load_journal(journal).trials] == trials
+
+
+class Payload:
+    """What an attacker plants: unpickling it creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
 
 def test_the_ray_searcher_never_hands_out_an_architecture_twice() -> None:
     space = SearchSpace.from_dict({
@@ -591,7 +615,7 @@ def test_a_trial_that_tune_gives_up_for_a_dead_worker_runs_again(
             os._exit(1)  # the worker process dies: Ray reports the actor dead, not a candidate's failure
         real(config, run_dir, evaluation, objectives, limits)
 
-    monkeypatch.setattr(ray_runner, "evaluate_candidate", dying)
+    monkeypatch.setattr(ray_worker, "evaluate_candidate", dying)
     monkeypatch.setattr(ray_runner, "TRIAL_MAX_FAILURES", 0)
     settings = SearchSettings(trials=4, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
     table = run_ray_search(run, settings, FAST, RaySettings(max_concurrent=2), progress=False)
@@ -623,7 +647,7 @@ def test_the_watchdog_kills_the_instances_processes_not_a_tail_of_its_logs(tmp_p
     import sys
     import time
 
-    from mixnas.search.ray_runner import _WATCHDOG
+    from mixnas.search.ray_cluster import _WATCHDOG
 
     folder = tmp_path / "mixnas-ray-x"
     folder.mkdir()
@@ -646,7 +670,7 @@ def test_the_watchdog_kills_the_instances_processes_not_a_tail_of_its_logs(tmp_p
 
 
 def test_a_cluster_is_mine_only_when_my_gcs_or_raylet_names_its_port() -> None:
-    from mixnas.search.ray_runner import cluster_owned_by_me
+    from mixnas.search.ray_cluster import cluster_owned_by_me
 
     assert not cluster_owned_by_me("127.0.0.1:1")  # no GCS of this user listens there
 
@@ -656,7 +680,7 @@ def test_the_local_instances_folder_and_token_are_closed_to_other_users(tmp_path
     import os
     import stat
 
-    from mixnas.search.ray_runner import tighten_permissions
+    from mixnas.search.ray_cluster import tighten_permissions
 
     folder = tmp_path / "mixnas-ray-y"
     folder.mkdir()

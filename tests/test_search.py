@@ -384,3 +384,29 @@ def test_scores_are_keyed_to_the_weights_and_a_changed_supernet_is_refused(train
         run_optuna_search(run, replace(settings, trials=3), CandidateEvaluator(run, FAST), progress=False)
     assert "\n" not in str(info.value)
     assert len(load_trials(run)) == 2  # nothing added
+
+
+@pytest.mark.parametrize("error, failed", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "out of memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:119] DefaultCPUAllocator: can't allocate memory"), "out of memory"),
+    (MemoryError(), "out of memory"),
+    (FloatingPointError("accuracy is nan"), "FloatingPointError: accuracy is nan"),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x8 and 9x8)"), None),
+    (ZeroDivisionError("division by zero"), None),
+    (KeyError("heads"), None),
+])
+def test_only_a_candidates_own_failure_is_a_failed_trial(error: BaseException, failed: str | None) -> None:
+    """Out of memory and non-finite scores fail the trial and the search goes on; a bug (a shape mismatch is
+    a RuntimeError too) stops the search with its own traceback."""
+    from mixnas.search._shared import score
+
+    def evaluate(arch: ArchConfig) -> dict[str, Any]:
+        raise error
+
+    arch = SearchSpace.from_dict(TINY_SPACE).smallest()
+    if failed is None:
+        with pytest.raises(type(error)):
+            score(evaluate, arch, ["accuracy"])
+    else:
+        result, values, reason = score(evaluate, arch, ["accuracy"])
+        assert result is None and values is None and reason.startswith(failed) and "\n" not in reason

@@ -16,7 +16,7 @@ from mixnas.search.profiler import LatencyStats, count_flops, count_params, meas
 _LAZY = {
     "run_optuna_search": "mixnas.search.optuna_runner",
     "run_ray_search": "mixnas.search.ray_runner",
-    "RaySettings": "mixnas.search.ray_runner",
+    "RaySettings": "mixnas.search.ray_cluster",
 }
 
 

@@ -3,8 +3,9 @@ recording it, the references, and the search settings.
 
 A trial's record is one row of the trial table (``mixnas.trials.TRIAL_COLUMNS``); the Optuna and Ray
 runners build it with the same function, so their tables have the same columns and meaning. A candidate
-whose evaluation fails with one of ``CANDIDATE_FAILURES`` (out of memory, a NaN objective, a CUDA error)
-is recorded as failed and the search goes on; any other exception is a bug and stops the search.
+whose evaluation fails in a way that belongs to the candidate (``candidate_failure``: out of memory, a
+non-finite score or objective, a CUDA error) is recorded as failed and the search goes on; any other
+exception (a ``RuntimeError`` from a shape mismatch, a ``ZeroDivisionError``, ...) is a bug and stops it.
 """
 
 from __future__ import annotations
@@ -14,15 +15,29 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.trials import OBJECTIVES, objective_column, parse_objectives
 
 DEFAULT_OBJECTIVES = "accuracy,flops,latency"
-# What a candidate's evaluation may fail with and the search survives: torch raises RuntimeError for
-# CUDA errors and OutOfMemoryError (a RuntimeError), the evaluator FloatingPointError for a NaN objective.
-CANDIDATE_FAILURES: tuple[type[BaseException], ...] = (RuntimeError, ArithmeticError, MemoryError)
+# What a candidate's evaluation may fail with and the search survives: out of GPU memory (OutOfMemoryError),
+# a CUDA error (AcceleratorError, torch >= 2.8), out of host memory (MemoryError), and a non-finite score
+# or objective (FloatingPointError, raised by the evaluator and ``objective_values``).
+CANDIDATE_FAILURES: tuple[type[BaseException], ...] = tuple(
+    t for t in (torch.OutOfMemoryError, getattr(torch, "AcceleratorError", None), MemoryError, FloatingPointError)
+    if t is not None)
+# torch's CPU allocator and older CUDA builds say "out of memory" in a plain RuntimeError.
+_OUT_OF_MEMORY = ("out of memory", "can't allocate memory")
+
+
+def candidate_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the candidate's own failure (``CANDIDATE_FAILURES``, or a ``RuntimeError`` that
+    says it ran out of memory), not a bug."""
+    if isinstance(error, CANDIDATE_FAILURES):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in _OUT_OF_MEMORY)
 
 
 def optuna_directions(objectives: list[str]) -> list[str]:
@@ -116,12 +131,14 @@ class SearchSettings:
 
 def score(evaluate: Callable[[ArchConfig], dict[str, Any]], arch: ArchConfig, objectives: list[str]
           ) -> tuple[dict[str, Any] | None, list[float] | None, str]:
-    """Evaluate ``arch``: (result, objective values, "") or, for a ``CANDIDATE_FAILURES`` error,
-    (None, None, the one-line reason). Other exceptions propagate."""
+    """Evaluate ``arch``: (result, objective values, "") or, for the candidate's own failure
+    (``candidate_failure``), (None, None, the one-line reason). Other exceptions propagate."""
     try:
         result = evaluate(arch)
         values = objective_values(objectives, result)
-    except CANDIDATE_FAILURES as e:
+    except Exception as e:
+        if not candidate_failure(e):
+            raise
         return None, None, failure_reason(e)
     return {k: v for k, v in result.items() if k != "cached"}, values, ""
 
@@ -161,8 +178,8 @@ def trial_record(
 def failure_reason(error: BaseException) -> str:
     """A one-line reason for a failed candidate: the exception's type and first line."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if "out of memory" in text.lower():
-        return f"out of memory: {text[:200]}"
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)) or any(m in text.lower() for m in _OUT_OF_MEMORY):
+        return f"out of memory: {text[:200]}" if text else "out of memory"
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
@@ -182,6 +199,7 @@ def reference_rows(space: SearchSpace, evaluate: Callable[[ArchConfig], dict[str
 
 
 __all__ = [
-    "CANDIDATE_FAILURES", "DEFAULT_OBJECTIVES", "Limits", "SearchSettings", "failure_reason", "metric_names",
-    "objective_values", "optuna_directions", "parse_objectives", "reference_rows", "score", "trial_record",
+    "CANDIDATE_FAILURES", "DEFAULT_OBJECTIVES", "Limits", "SearchSettings", "candidate_failure", "failure_reason",
+    "metric_names", "objective_values", "optuna_directions", "parse_objectives", "reference_rows", "score",
+    "trial_record",
 ]

@@ -40,6 +40,7 @@ from mixnas.search_space import ArchConfig
 from mixnas.supernet import Supernet
 from mixnas.supernet.checkpoint import load_weights
 from mixnas.training import (
+    LABEL_SMOOTHING,
     Schedule,
     StepInfo,
     StepResult,
@@ -294,9 +295,9 @@ def finetune(model: torch.nn.Module, train_set: Any, settings: EvalSettings, bat
     ``settings.seed``); ``settings.finetune_steps`` caps the steps of each epoch (0: a full pass)."""
     from timm.loss import LabelSmoothingCrossEntropy
 
-    loss_fn = LabelSmoothingCrossEntropy(0.1)
+    loss_fn = LabelSmoothingCrossEntropy(LABEL_SMOOTHING)
     schedule = Schedule(epochs=settings.train_epochs, batch_size=batch_size, lr=settings.finetune_lr,
-                        weight_decay=0.05, warmup_epochs=0, clip_grad=5.0, seed=settings.seed,
+                        warmup_epochs=0, seed=settings.seed,
                         steps_per_epoch=settings.finetune_steps, min_lr_ratio=0.0)
 
     def step(x: torch.Tensor, y: torch.Tensor, info: StepInfo) -> StepResult:

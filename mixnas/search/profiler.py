@@ -19,6 +19,9 @@ On top of fvcore's default handles this module registers:
 - zero-FLOP handles for the element-wise, reduction and data-movement ops of our mixers (activations,
   softmax, add/mul, roll, pad, pooling, index/gather/scatter, ...), so that the list of unsupported
   ops (``unsupported_ops``) names only ops that may really cost something.
+- each registered mixer's own ``MixerSpec.flop_handles`` (a plug-in's FFT, say): the spec owns the facts
+  of its ops. An op that no handle counts makes ``count_flops`` (and ``flops_by_module``,
+  ``flops_summary``) refuse with one line naming it, never count it as 0; ``unsupported_ops`` lists them.
 
 Decisions:
 
@@ -34,7 +37,7 @@ Decisions:
   fvcore's handle counts N * Hout * Wout * Cout * (Cin / groups) * kh * kw, right for grouped and
   depth-wise convs and for computed weights (a dynamic depth-wise conv applied as
   ``F.conv2d(x.reshape(1, B*C, H, W), w, groups=B*C)``). Should a future tracer record another op,
-  `unsupported_ops` names it (the tests check it is empty for Swin and DeiT).
+  the count refuses it, naming it (the tests check every registered mixer).
 
 Latency is measured on a named device (``device_name``): CUDA events on a GPU, ``time.perf_counter_ns``
 on the CPU, after warm-up; median and p90 in milliseconds, batch size stated. The network runs as a
@@ -60,7 +63,9 @@ from torch import nn
 from torch.jit import TracerWarning
 
 from mixnas.device import resolve_device
+from mixnas.errors import ConfigError
 from mixnas.search.latency_backends import check_backend, deployed_forward
+from mixnas.search_space.registry import get_mixer, mixer_names
 
 # fvcore's import pulls in iopath/portalocker (DeprecationWarning) and runs torch.jit.script on its
 # loss functions (FutureWarning on recent torch); neither concerns us, and filtering here keeps the
@@ -147,7 +152,7 @@ _FREE_OPS = (
     "leaky_relu", "leaky_relu_", "elu", "softplus", "mish", "clamp_min", "clamp_max",
     # element-wise arithmetic
     "add", "add_", "sub", "sub_", "rsub", "mul", "mul_", "div", "div_", "neg", "exp", "exp_", "log", "sqrt",
-    "rsqrt", "pow", "reciprocal", "abs", "sign", "round", "ceil", "lt", "le", "ne", "logical_and",
+    "rsqrt", "pow", "reciprocal", "abs", "sign", "round", "ceil", "lt", "le", "gt", "ge", "eq", "ne", "logical_and",
     "logical_or", "logical_not", "bitwise_and", "where", "masked_fill_",
     # reductions
     "sum", "mean", "amax", "amin", "min", "argmax", "argmin", "cumsum", "var", "std", "norm",
@@ -170,15 +175,28 @@ _FREE_OPS = (
 )
 
 
-def _flop_analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
+def flop_handles() -> dict[str, Any]:
+    """Every FLOP handle beyond fvcore's: this module's, the free ops (None), and each registered mixer's
+    ``MixerSpec.flop_handles`` (a plug-in's included), which may override them."""
+    handles: dict[str, Any] = dict(_EXTRA_FLOP_HANDLES)
+    handles.update({f"aten::{name}": None for name in _FREE_OPS})
+    for name in mixer_names():
+        handles.update(get_mixer(name).flop_handles)
+    return handles
+
+
+def _flop_analysis(model: nn.Module, inputs: torch.Tensor, strict: bool = True) -> FlopCountAnalysis:
     """Traces `model` on `inputs` once (eval mode, no grad, quietly) and returns the analysis.
 
     fvcore analyses lazily, so the trace is forced here, inside the eval/no-grad/quiet context; later
     queries (total, by_module, unsupported_ops) reuse the cached result.
+
+    Raises:
+        ConfigError: ``strict`` and the trace holds ops that no handle counts (``flop_handles``): they
+            would count as 0 FLOPs and rank the network as cheaper than it is.
     """
     analysis = FlopCountAnalysis(model, (inputs,))
-    analysis.set_op_handle(**_EXTRA_FLOP_HANDLES)
-    analysis.set_op_handle(**{f"aten::{name}": None for name in _FREE_OPS})
+    analysis.set_op_handle(**flop_handles())
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
         # Data-dependent branches (an input-dependent model) make the tracer warn that the trace
@@ -191,8 +209,13 @@ def _flop_analysis(model: nn.Module, inputs: torch.Tensor) -> FlopCountAnalysis:
             # leave them on the caller's model.
             _remove_fvcore_scope_hooks(model)
     unsupported = analysis.unsupported_ops()
-    if unsupported:
-        logger.debug("ops without a FLOP handle (counted as 0): %s", dict(unsupported))
+    if unsupported and strict:
+        ops = ", ".join(f"{op} ({n} call{'s' if n > 1 else ''})" for op, n in sorted(unsupported.items()))
+        raise ConfigError(
+            f"{ops}: no FLOP handle, so the network's FLOPs would be undercounted; the mixer that uses it "
+            f"declares one in its spec's flop_handles (op -> a handle returning multiply-adds, or None if it "
+            f"costs nothing)"
+        )
     return analysis
 
 
@@ -242,6 +265,9 @@ def count_flops(model: nn.Module, inputs: torch.Tensor) -> int:
     Args:
         model: a classifier taking one tensor.
         inputs: the input batch (B, C, H, W), on the model's device.
+
+    Raises:
+        ConfigError: the forward pass uses an op that no FLOP handle counts (``flop_handles``).
     """
     return int(round(_flop_analysis(model, inputs).total()))
 
@@ -271,7 +297,7 @@ def unsupported_ops(model: nn.Module, inputs: torch.Tensor) -> dict[str, int]:
     Returns:
         op name (e.g. "aten::erfinv") -> number of calls in the trace.
     """
-    return dict(_flop_analysis(model, inputs).unsupported_ops())
+    return dict(_flop_analysis(model, inputs, strict=False).unsupported_ops())
 
 
 def flops_summary(model: nn.Module, inputs_batch: torch.Tensor) -> dict[str, float]:

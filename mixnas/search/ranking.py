@@ -329,7 +329,7 @@ def _run_jobs(jobs: list[Job], settings: RankSettings, progress: bool) -> dict:
         raise ValueError(f"backend must be 'local' or 'ray', got {settings.backend!r}")
     import ray
 
-    from mixnas.search.ray_runner import RaySettings, start_ray, stop_ray
+    from mixnas.search.ray_cluster import RaySettings, start_ray, stop_ray
 
     started = start_ray(RaySettings(address=settings.address, cpus_per_trial=settings.cpus_per_task,
                                     gpus_per_trial=settings.gpus_per_task), say=print if progress else None)

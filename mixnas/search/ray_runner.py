@@ -3,11 +3,9 @@ trials spread over the workers of a Ray instance.
 
 ``run_ray_search`` gives Ray Tune an ``OptunaSearch`` searcher built from the same Optuna sampler as the
 Optuna runner (``make_sampler``) and a define-by-run space (``SearchSpace.suggest``). Every trial runs
-``evaluate_candidate`` in a Ray worker process. Tune reuses a trial's actor for the next trial
-(``reuse_actors=True``), and the worker keeps one ``CandidateEvaluator`` per run directory and
-settings, so each worker process loads the supernet once, not once per trial. A candidate that fails
-(an exception, a NaN objective, out of memory) reports a failure marker and its reason: the searcher
-tells Optuna the trial failed, the trial table records the reason, and the search goes on. Limits are
+``ray_worker.evaluate_candidate`` in a Ray worker process, on the instance ``ray_cluster`` starts or joins.
+A candidate that fails (out of memory, a non-finite score) reports a failure marker and its reason: the
+searcher tells Optuna the trial failed, the trial table records the reason, and the search goes on. Limits are
 Optuna constraints, as in the Optuna runner: the worker reports each limit's violation and, before the
 searcher tells Optuna a trial's values, it sets them on the Optuna trial (``Trial.set_constraint``, and
 the ``constraints`` user attribute), where the samplers read them.
@@ -25,7 +23,10 @@ finished trials are kept, trials that were running when the driver stopped (or w
 again under the same number (Tune retries a trial whose worker dies; one it gives up on, as when a node
 dies with a trial queued on its reused actor, is run again by restoring the experiment at once, up to
 ``LOST_TRIAL_ROUNDS`` times), and new trials are created until ``trials`` trials exist in all, so
-asking for more trials continues a finished search and asking for as many evaluates nothing new.
+asking for more trials continues a finished search and asking for as many evaluates nothing new. A restore
+reads only what this user's mixnas wrote: ``check_private`` refuses an experiment other users could write,
+and ``mixnas.search.seal`` refuses any state file Tune would unpickle that carries no seal of this user's key
+(``TrialBudget.save_to_dir`` seals each save before Tune copies it to the experiment).
 Tune saves the searcher (its Optuna study included) every so often, so after a ``kill -9`` the restored
 searcher can be older than the journal: ``ConstrainedOptunaSearch.reopen`` takes the journal as the truth
 and hands out the trials that the saved searcher missed again, under their own Optuna trials, instead of
@@ -37,11 +38,7 @@ concurrency and progress flag therefore travel in ``param_space`` under ``RUN_KE
 ``SearchAlgorithm.set_search_properties`` on every start, and ``TrialBudget`` applies it after the
 saved state is restored. Trials created by an earlier run keep the resources they were created with.
 
-Networking: without an address, a local Ray instance starts with every server bound to 127.0.0.1
-(Ray binds its servers to all interfaces unless the node address is the loopback one, and resolves
-127.0.0.1 to the machine's address unless it runs in its single-machine mode, which is switched on
-while the instance starts); the dashboard is off and usage statistics are not sent. With an address
-(``auto``, ``HOST:PORT``, ``ray://HOST:PORT``) it joins that cluster, whose nodes need mixnas installed.
+Networking and the instance's life: ``mixnas.search.ray_cluster``.
 """
 
 from __future__ import annotations
@@ -51,20 +48,13 @@ import json
 import logging
 import math
 import os
-import re
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
-import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.search import Searcher, SearchGenerator
@@ -76,9 +66,9 @@ from mixnas.atomic import atomic_write_text
 from mixnas.errors import CheckpointError, ConfigError
 from mixnas.lock import drive
 from mixnas.run_dir import RunDir
-from mixnas.search._shared import Limits, SearchSettings, failure_reason, reference_rows, score, trial_record
-from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
-from mixnas.search.optuna_runner import (
+from mixnas.search import seal
+from mixnas.search._shared import Limits, SearchSettings, failure_reason, reference_rows, trial_record
+from mixnas.search._study import (
     BACKEND,
     DUPLICATE,
     MAX_CONSECUTIVE_REPEATS,
@@ -91,6 +81,9 @@ from mixnas.search.optuna_runner import (
     make_sampler,
     warm_start_params,
 )
+from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
+from mixnas.search.ray_cluster import RaySettings, start_ray, stop_ray
+from mixnas.search.ray_worker import CONSTRAINT_PREFIX, FAILED, make_trainable
 from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.training import read_space
 from mixnas.trials import OBJECTIVES, TRIAL_COLUMNS, objective_column, save_trials
@@ -98,109 +91,12 @@ from mixnas.trials import OBJECTIVES, TRIAL_COLUMNS, objective_column, save_tria
 EXPERIMENT_NAME = RunDir.RAY
 SETTINGS_FILE = RunDir.RAY_SETTINGS
 RUN_KEY = "mixnas_run"
-FAILED = "failed"
 # Tune runs a trial again this many times when its worker or node dies (FailureConfig.max_failures).
 TRIAL_MAX_FAILURES = 3
 # How many times run_ray_search restores the experiment to run trials Tune gave up on for a dead worker.
 LOST_TRIAL_ROUNDS = 3
-CONSTRAINT_PREFIX = "constraint."  # one result key per limit: "constraint.max_gflops" (flat, as Tune keeps it)
-LOOPBACK = "127.0.0.1"
-_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-@dataclass(frozen=True)
-class RaySettings:
-    """Where and how wide the Ray Tune search runs.
-
-    Args:
-        address: a Ray cluster to join (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``); None starts a
-            local instance bound to 127.0.0.1 (or uses the one this process already started).
-        cpus_per_trial: CPUs Ray reserves for each trial.
-        gpus_per_trial: GPUs Ray reserves for each trial (fractions share a GPU).
-        max_concurrent: trials evaluated at once.
-    """
-
-    address: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_concurrent: int = 2
-
-    def __post_init__(self) -> None:
-        if not self.cpus_per_trial >= 0:
-            raise ConfigError(f"--cpus-per-trial: {self.cpus_per_trial:g} must be >= 0")
-        if not self.gpus_per_trial >= 0:
-            raise ConfigError(f"--gpus-per-trial: {self.gpus_per_trial:g} must be >= 0")
-        if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:
-            raise ConfigError("--cpus-per-trial: 0 with --gpus-per-trial 0; a trial must reserve a CPU or a GPU")
-        if self.max_concurrent < 1:
-            raise ConfigError(f"--max-concurrent: {self.max_concurrent} must be >= 1")
-
-
-# ------------------------------------------------------------------------------------------ the workers
-_EVALUATORS: dict[tuple[str, EvalSettings], CandidateEvaluator] = {}
-_SUPERNET_LOADS = 0
-
-
-def shared_evaluator(run_dir: str, settings: EvalSettings) -> CandidateEvaluator:
-    """This process's evaluator for ``run_dir`` and ``settings``: the supernet is loaded on first use only.
-
-    Args:
-        run_dir: the supernet run directory (resolved path).
-        settings: how candidates are scored.
-    """
-    global _SUPERNET_LOADS
-    key = (run_dir, settings)
-    if key not in _EVALUATORS:
-        _EVALUATORS.clear()  # another search's supernet is not needed any more; free its memory
-        _EVALUATORS[key] = CandidateEvaluator(run_dir, settings)
-        _SUPERNET_LOADS += 1
-    return _EVALUATORS[key]
-
-
-def evaluate_candidate(
-    config: dict[str, Any], run_dir: str, evaluation: EvalSettings, objectives: tuple[str, ...], limits: Limits,
-) -> None:
-    """Ray Tune function trainable: score one architecture and report it once.
-
-    The report holds the evaluator's result (accuracy %, GFLOPs as multiply-adds, params, latency in ms,
-    ...), each limit's violation (``constraint.<limit>``), ``failed``, ``failure_reason`` and
-    ``supernet_loads`` (how many times this worker process has loaded a supernet). A failing candidate
-    reports NaN objectives, ``failed=True`` and its reason instead of raising, so Tune keeps the reason
-    and goes on.
-
-    Args:
-        config: the trial's config: ``arch`` (canonical JSON) and ``number`` besides the Optuna parameters.
-        run_dir: the supernet run directory (resolved path).
-        evaluation: how candidates are scored.
-        objectives: canonical objective names, in the searcher's order.
-        limits: cost limits, reported as constraint violations (<= 0 satisfied).
-    """
-    evaluator = shared_evaluator(run_dir, evaluation)
-    arch = ArchConfig.from_dict(json.loads(config["arch"]))
-    report: dict[str, Any] = {"arch_id": arch.arch_id}
-    result, _, reason = score(evaluator.evaluate, arch, list(objectives))
-    if result is None:  # a failing candidate is recorded and the search goes on
-        report.update({objective_column(o): math.nan for o in objectives})
-        report.update({FAILED: True, "failure_reason": reason})
-    else:
-        report.update(result)
-        report.update({FAILED: False, "failure_reason": ""})
-        report.update({CONSTRAINT_PREFIX + k: v for k, v in limits.named_constraints(result).items()})
-    report["supernet_loads"] = _SUPERNET_LOADS
-    report["worker"] = worker_name()
-    tune.report(report)
-
-
-def worker_name() -> str:
-    """The Ray node this process runs on: its IP and the start of its node id (nodes on one machine share
-    the IP)."""
-    if not ray.is_initialized():  # outside Ray (get_runtime_context would start an instance)
-        return ""
-    node_id = ray.get_runtime_context().get_node_id() or ""
-    return f"{ray.util.get_node_ip_address()}/{node_id[:8]}" if node_id else ""
-
-
-# ------------------------------------------------------------------------------------------ the driver
 class ArchSpace:
     """Define-by-run space for ``OptunaSearch``: one architecture per trial, passed on as constants.
 
@@ -382,6 +278,7 @@ class TrialBudget(SearchGenerator):
         self.progress = progress
         self.max_concurrent: int | None = None
         self.journal: str | None = None
+        self.experiment: str | None = None
         self._done: set[str] = set()
         self._bar: tqdm | None = None
 
@@ -396,6 +293,7 @@ class TrialBudget(SearchGenerator):
             self.trials, self.progress = int(run["trials"]), bool(run["progress"])
             self.max_concurrent = int(run["max_concurrent"])
             self.journal = run.get("journal")
+            self.experiment = run.get("experiment")
         # Tuner.restore brought the searcher back as it was created; Tune restores its saved state next
         # (set_state), if it saved one. Either way, the journal may be ahead of it.
         searcher = self.optuna_search()
@@ -412,6 +310,14 @@ class TrialBudget(SearchGenerator):
 
     def get_state(self) -> dict:
         return {**super().get_state(), "done": sorted(self._done)}
+
+    def save_to_dir(self, dirpath: str, session_str: str = "default") -> None:
+        # Tune calls this after writing its experiment state to the staging folder and before copying that
+        # folder to the experiment: seal what is about to arrive there (mixnas.search.seal).
+        super().save_to_dir(dirpath, session_str)
+        experiment = getattr(self, "experiment", None)  # absent from a generator pickled before seals
+        if experiment:
+            seal.seal_folder(Path(dirpath), Path(experiment) / seal.SEAL_LOG, skip=[SETTINGS_FILE])
 
     def set_state(self, state: dict) -> None:
         super().set_state(state)  # after Tune restored the searcher's saved state
@@ -481,24 +387,6 @@ def trial_dirname(trial: Any) -> str:
 
 
 @contextlib.contextmanager
-def _single_machine_mode() -> Iterator[None]:
-    """Let Ray take 127.0.0.1 as the node address (it otherwise swaps in the machine's address)."""
-    import ray._private.ray_constants as ray_constants
-
-    saved_env, saved_flag = os.environ.get(_SINGLE_MACHINE_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[_SINGLE_MACHINE_ENV] = "0"  # for Ray's child processes
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
-        if saved_env is None:
-            os.environ.pop(_SINGLE_MACHINE_ENV, None)
-        else:
-            os.environ[_SINGLE_MACHINE_ENV] = saved_env
-
-
-@contextlib.contextmanager
 def _quiet_tune() -> Iterator[None]:
     """Tune's default output engine prints an experiment table and paths even at ``verbose=0``; the
     legacy engine prints nothing at 0 (progress is this module's bar)."""
@@ -511,220 +399,6 @@ def _quiet_tune() -> Iterator[None]:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
             os.environ["RAY_AIR_NEW_OUTPUT"] = saved
-
-
-def local_cpus() -> int:
-    """CPUs this process may use (its affinity where the platform tells it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def live_cluster_address() -> str | None:
-    """The address of a running Ray cluster this machine would join by default, or None.
-
-    ``ray.init()`` without an address reads ``RAY_ADDRESS`` or the ``ray_current_cluster`` file that
-    ``ray start`` writes, and tries to connect even when that cluster has long stopped. A running cluster
-    is one whose GCS address a live raylet process on this machine names.
-    """
-    from ray._private import services
-
-    env = os.environ.get("RAY_ADDRESS")
-    if env:
-        return env
-    address = services.find_bootstrap_address(None)
-    if not address:
-        return None
-    services.find_gcs_addresses.cache_clear()
-    if address not in services.find_gcs_addresses():
-        return None
-    if not cluster_owned_by_me(address):
-        logging.getLogger(__name__).warning(
-            "search: the Ray cluster running at %s belongs to another user; not joining it (pass --address to "
-            "join a cluster on purpose), starting a local instance", address)
-        return None
-    return address
-
-
-def cluster_owned_by_me(address: str) -> bool:
-    """Whether a GCS server or raylet of this user names ``address`` (host:port) on its command line: a
-    cluster another user started on this machine is never joined without ``--address``, and never sent
-    this user's token."""
-    uid = os.getuid()
-    port = re.compile(rb"(?:^|[=:])" + re.escape(address.rsplit(":", 1)[-1].encode()) + rb"$")
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except OSError:
-            continue
-        program = args[0].rsplit(b"/", 1)[-1] if args else b""
-        if program in (b"gcs_server", b"raylet") and any(port.search(a) for a in args[1:]):
-            return True
-    return False
-
-
-# Kills the processes of one local instance: this user's, with a flag (``--temp-dir=...``,
-# ``--session-dir=...``, ...) naming the instance's folder. A ``tail -f`` or an editor on one of its logs
-# names the folder as a plain argument and another user's process is not ours: both are left alone.
-_WATCHDOG = """
-import os, signal, sys, time
-marker = sys.argv[1].encode()
-uid = os.getuid()
-sys.stdin.read()  # returns when the driver's end of the pipe closes: the driver exited or was killed
-for _ in range(2):
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:
-                continue
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\\0")
-        except OSError:
-            continue
-        if any(a.startswith(b"--") and marker in a for a in args):
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-            except OSError:
-                pass
-    time.sleep(0.5)
-"""
-_watchdog: subprocess.Popen | None = None
-
-
-def _start_watchdog(temp_dir: str) -> None:
-    """A process that kills every process of the local Ray instance (their command lines name its
-    ``temp_dir``) as soon as this driver ends, ``kill -9`` included: Ray's own fate-sharing takes its GCS
-    and raylet down with the driver, but its agents and workers only notice some 10-40 s later."""
-    global _watchdog
-    if sys.platform != "linux":
-        return
-    _watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, temp_dir], stdin=subprocess.PIPE,
-                                 start_new_session=True, close_fds=True)
-
-
-def _stop_watchdog() -> None:
-    global _watchdog
-    if _watchdog is not None:
-        assert _watchdog.stdin is not None
-        _watchdog.stdin.close()
-        _watchdog.wait(timeout=30)
-        _watchdog = None
-
-
-def start_ray(settings: RaySettings, say: Any = None) -> bool:
-    """Join the cluster at ``settings.address``, or a running one found on this machine (saying so), or
-    start a local instance; True when this call started (or joined) one, which ``stop_ray`` ends.
-
-    A Ray instance this process already started (``ray.init`` before) is used as it is. A local instance
-    is started explicitly (``address="local"``: a stale ``ray_current_cluster`` file is ignored), in its
-    own short temporary directory, bound to 127.0.0.1, and dies with this process.
-
-    Args:
-        settings: the address and the resources each trial asks for.
-        say: prints the line that names a running cluster being joined (default: the logger).
-
-    Raises:
-        ConfigError: a local instance cannot give a trial the CPUs or GPUs it asks for.
-    """
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():
-        return False
-    address = settings.address
-    if address is None:
-        address = live_cluster_address()
-        if address is not None:
-            (say or logging.getLogger(__name__).warning)(
-                f"search: using the running Ray cluster at {address} (pass --address to choose another)")
-    if address is not None and address != "local":
-        _use_token_if_available()
-        ray.init(address=address, logging_level=logging.WARNING)
-        return True
-    cpus = local_cpus()
-    if settings.cpus_per_trial > cpus:
-        raise ConfigError(f"--cpus-per-trial: {settings.cpus_per_trial:g} CPUs asked, this machine has {cpus}")
-    temp_dir = tempfile.mkdtemp(prefix="mixnas-ray-")  # short: Ray's socket paths must fit in 107 bytes
-    # Ray 2.60 announces, as a warning, that it turned token authentication on for the local instance.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    _start_watchdog(temp_dir)
-    global _local_temp_dir
-    _local_temp_dir = temp_dir
-    with _single_machine_mode():
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=LOOPBACK,
-                 _temp_dir=temp_dir, logging_level=logging.WARNING)
-    tighten_permissions(temp_dir)
-    if ray.util.get_node_ip_address() != LOOPBACK:
-        stop_ray()
-        raise RuntimeError(f"Ray did not take {LOOPBACK} as the node address; refusing to listen on other interfaces")
-    gpus = ray.cluster_resources().get("GPU", 0.0)
-    if settings.gpus_per_trial > gpus:
-        stop_ray()
-        raise ConfigError(f"--gpus-per-trial: {settings.gpus_per_trial:g} GPUs asked, this machine has {gpus:g}")
-    return True
-
-
-def _use_token_if_available() -> None:
-    """Clusters started by ``ray start`` use token authentication by default (Ray 2.60), but a client's
-    ``ray.init(address=...)`` sends the token only in token mode: switch it on when a token is at hand
-    and the mode is not set (Ray's own rule for a new local instance)."""
-    if "RAY_AUTH_MODE" in os.environ:
-        return
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available,
-        )
-    except ImportError:  # a Ray without token authentication
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-
-
-_local_temp_dir: str | None = None
-
-
-def tighten_permissions(temp_dir: str) -> None:
-    """Ray leaves its session folder open to every user (0777) and the token it writes readable by all
-    (0644): close the local instance's folder to this user (0700) and the token to reading by this user
-    (0600), so that other users of the machine can neither plant files in it nor take the token."""
-    with contextlib.suppress(OSError):
-        os.chmod(temp_dir, 0o700)
-    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token"))
-    with contextlib.suppress(OSError):
-        if token.is_file() and not token.is_symlink() and token.stat().st_uid == os.getuid():
-            os.chmod(token, 0o600)
-
-
-def stop_ray() -> None:
-    """Shut down the Ray instance this process started or joined (and a local one's watchdog and folder)."""
-    global _local_temp_dir
-    ray.shutdown()
-    _stop_watchdog()
-    if _local_temp_dir is not None:
-        shutil.rmtree(_local_temp_dir, ignore_errors=True)
-        _local_temp_dir = None
-
-
-def make_trainable(
-    run_dir: Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
-) -> Any:
-    """``evaluate_candidate`` with its arguments bound and the resources each trial reserves.
-
-    Args:
-        run_dir: the supernet run directory (resolved path).
-        settings: the objectives and limits the workers report.
-        evaluation: how the workers score candidates.
-        ray_settings: CPUs and GPUs per trial.
-    """
-    bound = tune.with_parameters(
-        evaluate_candidate, run_dir=str(run_dir), evaluation=evaluation, objectives=tuple(settings.objectives),
-        limits=settings.limits,
-    )
-    return tune.with_resources(bound, {"cpu": ray_settings.cpus_per_trial, "gpu": ray_settings.gpus_per_trial})
 
 
 def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RaySettings, progress: bool,
@@ -900,6 +574,7 @@ def _fit(
 ) -> Any:
     """Create the experiment or restore it (errored trials run again), and run it to its trial budget."""
     if tune.Tuner.can_restore(str(experiment)):
+        seal.verify(experiment, skip=[SETTINGS_FILE])  # again: a lost-trial round restores what Tune just wrote
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True, param_space=run)
     else:
         tuner = tune.Tuner(
@@ -920,6 +595,7 @@ def _fit(
             ),
         )
         write_experiment_settings(experiment, settings)
+    seal.seal_folder(experiment, experiment / seal.SEAL_LOG, skip=[SETTINGS_FILE])  # tuner.pkl, as Tune wrote it
     with _quiet_tune():
         results = tuner.fit()
     return results
@@ -964,6 +640,8 @@ def _run_ray_search(
     experiment = run.ray_dir
     check_experiment(experiment, settings)
     check_private(experiment, run.path)
+    if tune.Tuner.can_restore(str(experiment)):
+        seal.verify(experiment, skip=[SETTINGS_FILE])
     prepare_journal(run, settings)
     journal = run.journal
     # As the Optuna runner: a search scores all its candidates alike, with the same weights.
@@ -973,7 +651,8 @@ def _run_ray_search(
     try:
         trainable = make_trainable(run_dir, settings, evaluation, ray_settings)
         run = {RUN_KEY: {"trials": settings.trials, "progress": progress,
-                         "max_concurrent": ray_settings.max_concurrent, "journal": str(journal)}}
+                         "max_concurrent": ray_settings.max_concurrent, "journal": str(journal),
+                         "experiment": str(experiment)}}
         results = _fit(trainable, run, space, settings, ray_settings, experiment, storage, progress)
         for _ in range(LOST_TRIAL_ROUNDS):
             lost = sum(1 for r in results if r.error is not None and lost_worker(r.error))

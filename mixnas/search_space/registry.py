@@ -14,8 +14,9 @@ The built-in mixers register when ``mixnas`` is imported, as timm's models do wh
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mixnas.errors import ConfigError
@@ -172,6 +173,12 @@ class MixerSpec:
         ffn_types: the FFN types it pairs with; None for any.
         input_dependent_cost: its FLOPs depend on the image (DGE's routing): profiles report a mean, min, max.
         uses_heads: its computation depends on the head count (attention); see ``heads_matter``.
+        flop_handles: FLOP counts of the ops its modules use that the core does not count (fvcore's
+            handles and ``mixnas.search.profiler``'s): ``{"aten::fft_rfft2": handle}``, where a handle takes
+            the traced op's inputs and outputs (``torch._C.Value`` lists) and returns its multiply-adds, or
+            None for an op that costs none. An op nobody counts is an error, never a silent zero.
+        no_weight_decay: names of its module's parameters, relative to the module (``rel_pos.table``), that
+            AdamW must not decay (``MixerNet.no_weight_decay``); norms, biases and 1-D tensors are spared anyway.
     """
 
     name: ClassVar[str] = ""
@@ -184,6 +191,8 @@ class MixerSpec:
     ffn_types: ClassVar[tuple[str, ...] | None] = None
     input_dependent_cost: ClassVar[bool] = False
     uses_heads: ClassVar[bool] = True
+    flop_handles: ClassVar[Mapping[str, Callable[..., Any] | None]] = MappingProxyType({})
+    no_weight_decay: ClassVar[tuple[str, ...]] = ()
 
     # --------------------------------------------------------------------------------------- config side
     def param(self, name: str) -> Param:
@@ -281,6 +290,19 @@ def register_mixer(spec: MixerSpec | type[MixerSpec], replace: bool = False) -> 
     for p in instance.params:
         if p.cost not in ("larger", "smaller", "first"):
             raise ValueError(f"mixer {name!r}: parameter {p.name!r} has cost {p.cost!r}")
+    if instance.input_dependent_cost and not instance.wraps_block:
+        raise ValueError(f"mixer {name!r}: input_dependent_cost needs wraps_block (mixnas counts a block's "
+                         f"per-image FLOPs from the DynamicCost that a block-wrapping mixer returns)")
+    for op, handle in instance.flop_handles.items():
+        if not (isinstance(op, str) and "::" in op) or not (handle is None or callable(handle)):
+            raise ValueError(f"mixer {name!r}: flop_handles must map op names like 'aten::fft_rfft2' to a "
+                             f"handle or None, not {op!r}: {handle!r}")
+        for other in _REGISTRY.values():  # fvcore counts an op one way in the whole network
+            if other.name != name and op in other.flop_handles and other.flop_handles[op] is not handle:
+                raise ValueError(f"mixer {name!r}: its FLOP handle of {op} differs from mixer {other.name!r}'s; "
+                                 f"an op is counted one way everywhere (share one handle)")
+    if isinstance(instance.no_weight_decay, str) or not all(isinstance(n, str) for n in instance.no_weight_decay):
+        raise ValueError(f"mixer {name!r}: no_weight_decay must be a tuple of parameter names")
     _REGISTRY[name] = instance
     return instance
 

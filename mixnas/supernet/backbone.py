@@ -238,15 +238,19 @@ class MixerNet(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW must not decay (timm's optimizer factory reads this): the position embedding,
-        the relative-position tables and every norm's weight, the grouped LayerNorm's 2-D ones included
-        (timm already spares 1-D tensors and biases)."""
+        every norm's weight, the grouped LayerNorm's 2-D ones included (timm already spares 1-D tensors
+        and biases), and what each mixer's spec names (``MixerSpec.no_weight_decay``: the relative-position
+        tables)."""
         names = set()
         for name, module in self.named_modules():
             prefix = f"{name}." if name else ""
             if isinstance(module, (ElasticLayerNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
                 names.update(prefix + p for p, _ in module.named_parameters(recurse=False))
-            elif hasattr(module, "table") and isinstance(module.table, nn.Parameter):  # RelativePositionBias
-                names.add(prefix + "table")
+            elif isinstance(module, Block):
+                for kind, mixer in module.mixers.items():
+                    own = dict(mixer.named_parameters())
+                    # A name the module lacks is an option this space does not use (rel_pos_bias: [false]).
+                    names.update(f"{prefix}mixers.{kind}.{p}" for p in get_mixer(kind).no_weight_decay if p in own)
         if self.pos_embed is not None:
             names.add("pos_embed")
         return names

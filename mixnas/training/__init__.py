@@ -1,6 +1,10 @@
 """Training: the one loop (``fit``) behind supernet training, standalone training and fine-tuning."""
 
 from mixnas.training._loop import (
+    CLIP_GRAD,
+    LABEL_SMOOTHING,
+    WARMUP_EPOCHS,
+    WEIGHT_DECAY,
     DistributedContext,
     Schedule,
     StepInfo,
@@ -25,6 +29,7 @@ from mixnas.training.supernet import (
 )
 
 __all__ = [
+    "CLIP_GRAD", "LABEL_SMOOTHING", "WARMUP_EPOCHS", "WEIGHT_DECAY",
     "DistributedContext", "SandwichLoss", "Schedule", "StandaloneConfig", "StepInfo", "StepResult", "TrainConfig",
     "batchnorm_layers", "check_out_dir", "epoch_seed", "evaluate_accuracy", "fit", "limit_batches",
     "prepare_run_dir", "read_config", "read_preprocessing",

@@ -43,6 +43,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
+# The optimisation defaults, written once: supernet training (TrainConfig), standalone training
+# (StandaloneConfig), candidate fine-tuning and the CLI's flags all take them from here.
+WEIGHT_DECAY = 0.05  # AdamW, as DeiT and Swin
+WARMUP_EPOCHS = 1.0
+CLIP_GRAD = 5.0
+LABEL_SMOOTHING = 0.1
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How ``fit`` optimises.
@@ -64,9 +72,9 @@ class Schedule:
     epochs: int
     batch_size: int
     lr: float
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    clip_grad: float = 5.0
+    weight_decay: float = WEIGHT_DECAY
+    warmup_epochs: float = WARMUP_EPOCHS
+    clip_grad: float = CLIP_GRAD
     seed: int = 0
     steps_per_epoch: int = 0
     workers: int = 0

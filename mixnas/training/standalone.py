@@ -30,7 +30,16 @@ from mixnas.search_space import ArchConfig
 from mixnas.supernet import build_model
 from mixnas.supernet.checkpoint import load_weights
 from mixnas.supernet.mixers import budget_loss
-from mixnas.training._loop import Schedule, StepInfo, StepResult, fit
+from mixnas.training._loop import (
+    CLIP_GRAD,
+    LABEL_SMOOTHING,
+    WARMUP_EPOCHS,
+    WEIGHT_DECAY,
+    Schedule,
+    StepInfo,
+    StepResult,
+    fit,
+)
 from mixnas.training.batchnorm import evaluate_accuracy
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_acc", "lr", "images_per_s", "epoch_seconds"]
@@ -64,10 +73,10 @@ class StandaloneConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    clip_grad: float = 5.0
+    weight_decay: float = WEIGHT_DECAY
+    warmup_epochs: float = WARMUP_EPOCHS
+    label_smoothing: float = LABEL_SMOOTHING
+    clip_grad: float = CLIP_GRAD
     seed: int = 0
     data_seed: int = 0
     steps_per_epoch: int = 0

@@ -34,7 +34,18 @@ from mixnas.run_dir import RunDir, changed_setting
 from mixnas.search_space import ArchConfig, Preprocessing, SearchSpace
 from mixnas.supernet import Supernet, budget_loss
 from mixnas.supernet.checkpoint import load_weights
-from mixnas.training._loop import DistributedContext, Schedule, StepInfo, StepResult, epoch_seed, fit
+from mixnas.training._loop import (
+    CLIP_GRAD,
+    LABEL_SMOOTHING,
+    WARMUP_EPOCHS,
+    WEIGHT_DECAY,
+    DistributedContext,
+    Schedule,
+    StepInfo,
+    StepResult,
+    epoch_seed,
+    fit,
+)
 from mixnas.training.batchnorm import subnet_accuracy
 
 METRIC_COLUMNS = [
@@ -75,16 +86,16 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 64
     lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    weight_decay: float = WEIGHT_DECAY
+    warmup_epochs: float = WARMUP_EPOCHS
+    label_smoothing: float = LABEL_SMOOTHING
     num_random: int = 2
     distill: bool = True
     distill_min_teacher_acc: float = 0.0
     rotate_mixers: bool = False
     fair: bool = False
     budget_weight: float = 1.0
-    clip_grad: float = 5.0
+    clip_grad: float = CLIP_GRAD
     seed: int = 0
     steps_per_epoch: int = 0
     calib_batches: int = 10

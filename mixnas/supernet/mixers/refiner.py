@@ -131,6 +131,7 @@ class RefinerSpec(WindowAttentionSpec):
         IntParam("kernel_size", 3, "side of the depth-wise conv over the expanded maps", odd=True),
         WindowAttentionSpec.params[1],  # rel_pos_bias
     )
+    no_weight_decay = ("attn.rel_pos.table",)
 
     def label(self, mixer: MixerConfig) -> str:
         return f"ref-w{mixer.window_size}e{mixer.expansion_ratio}k{mixer.kernel_size}"

@@ -222,6 +222,7 @@ class WindowAttentionSpec(MixerSpec):
         IntParam("window_size", 7, "window side in tokens; >= the stage resolution is global attention"),
         BoolParam("rel_pos_bias", True, "a learned relative position bias, (2w-1)^2 x heads"),
     )
+    no_weight_decay = ("rel_pos.table",)
 
     def label(self, mixer: MixerConfig) -> str:
         return f"win{mixer.window_size}" + ("" if mixer.rel_pos_bias else "-nobias")

@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/mixnas run --preset demo --out runs/demo
 
+# Two pytest-xdist workers; the tests that start Ray instances or launchers run in groups (tests/conftest.py).
 test: $(STAMP)
 	@scripts/ensure-chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The edit loop: everything but the tests marked slow (CI runs `make test`, the whole suite).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 references: $(STAMP)
 	$(BIN)/mixnas profile mixnas/configs/reference/*.yaml --max-seconds 3

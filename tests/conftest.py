@@ -16,6 +16,26 @@ import torch
 # user's own ~/.config; set before any test runs so that subprocesses (the CLI, Ray workers) inherit it.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mixnas-test-config-")
 
+# `make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``). The tests that start
+# process trees run one after another within their group, each group on one worker: the Ray tests (two
+# local Ray instances on one machine would find each other's cluster and share Ray's token file) and the
+# launchers (torchrun, the CLI under a lock). The groups go first, so that the long ones do not end the
+# run alone. Each worker keeps torch to one thread: two workers do not oversubscribe the two cores.
+SERIAL_GROUPS = {
+    "ray": {"test_ray_runner.py", "test_ray_cluster.py", "test_plugins.py", "test_ranking.py"},
+    "launchers": {"test_training.py", "test_lock.py"},
+}
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    group_of = {name: group for group, names in SERIAL_GROUPS.items() for name in names}
+    for item in items:
+        if item.path.name in group_of:
+            item.add_marker(pytest.mark.xdist_group(group_of[item.path.name]))
+    items.sort(key=lambda item: item.path.name not in group_of)  # stable: the groups first, order kept
+
 
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:

@@ -573,8 +573,7 @@ def _fit(
     experiment: Path, storage: Path, progress: bool,
 ) -> Any:
     """Create the experiment or restore it (errored trials run again), and run it to its trial budget."""
-    if tune.Tuner.can_restore(str(experiment)):
-        seal.verify(experiment, skip=[SETTINGS_FILE])  # again: a lost-trial round restores what Tune just wrote
+    if tune.Tuner.can_restore(str(experiment)):  # its seals were verified before (_run_ray_search)
         tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True, param_space=run)
     else:
         tuner = tune.Tuner(
@@ -666,6 +665,7 @@ def _run_ray_search(
                 print(message)
             else:
                 logging.getLogger(__name__).warning(message)
+            seal.verify(experiment, skip=[SETTINGS_FILE])  # the restore reads what Tune has just saved
             results = _fit(trainable, run, space, settings, ray_settings, experiment, storage, progress)
     finally:
         if started:

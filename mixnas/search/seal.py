@@ -98,6 +98,11 @@ def _mac(key: bytes, name: str, digest: str) -> str:
     return hmac.new(key, f"{name}\0{digest}".encode(), hashlib.sha256).hexdigest()
 
 
+def _entry(key: bytes, name: str, digest: str) -> str:
+    """One line of the log: a file's name, its SHA-256 and their HMAC."""
+    return json.dumps({"file": name, "sha256": digest, "mac": _mac(key, name, digest)})
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -130,8 +135,7 @@ def seal_folder(folder: Path, log: Path, skip: Iterable[str] = ()) -> None:
     for path in state_files(folder):
         if path.name in skipped or path.name.startswith("tmp") or path.is_symlink() or not path.is_file():
             continue
-        digest = _sha256(path)
-        lines.append(json.dumps({"file": path.name, "sha256": digest, "mac": _mac(key, path.name, digest)}))
+        lines.append(_entry(key, path.name, _sha256(path)))
     if not lines:
         return
     data = ("\n".join(lines) + "\n").encode()
@@ -174,7 +178,8 @@ def verify(experiment: Path, skip: Iterable[str] = ()) -> None:
         ConfigError: naming the first file without a valid seal, or the missing log.
     """
     log = experiment / SEAL_LOG
-    files = [p for p in state_files(experiment) if p.name not in set(skip)]
+    skipped = set(skip)
+    files = [p for p in state_files(experiment) if p.name not in skipped]
     if not files:
         return
     advice = (f"restoring the Ray search would unpickle it (a pickle can run code); search in a new run "
@@ -192,5 +197,5 @@ def verify(experiment: Path, skip: Iterable[str] = ()) -> None:
         if (path.name, digest) not in sealed:
             raise ConfigError(f"{path}: not sealed by your mixnas (changed or planted since it was written); "
                               f"{advice}")
-        current.append(json.dumps({"file": path.name, "sha256": digest, "mac": _mac(key, path.name, digest)}))
+        current.append(_entry(key, path.name, digest))
     atomic_write_text(log, "\n".join(current) + "\n")

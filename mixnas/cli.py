@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mixnas.errors import MixnasError, UsageError
+from mixnas.run_dir import RunDir
 
 EXIT_USAGE = 2
 CLIError = UsageError  # the name earlier versions used
@@ -51,12 +52,23 @@ def _real(what: str, low: float, high: float, low_open: bool, high_open: bool) -
     return parse
 
 
+def _run_dir(kind: str) -> Callable[[str], RunDir]:
+    """An argparse type: a run directory of ``kind`` (``supernet`` or ``training``), made a ``RunDir`` here,
+    where it enters, and passed as one from then on."""
+    def parse(text: str) -> RunDir:
+        return RunDir.of(text, kind)
+
+    return parse
+
+
 positive_int = _integer(1, "a positive integer")
 nonnegative_int = _integer(0, "an integer >= 0")
 positive_float = _real("a positive finite number", 0.0, math.inf, low_open=True, high_open=True)
 nonnegative_float = _real("a finite number >= 0", 0.0, math.inf, low_open=False, high_open=True)
 fraction = _real("a number in [0, 1)", 0.0, 1.0, low_open=False, high_open=True)  # label smoothing
 percent = _real("a percentage in [0, 100]", 0.0, 100.0, low_open=False, high_open=False)
+run_directory = _run_dir("supernet")
+training_directory = _run_dir("training")
 
 
 # ----------------------------------------------------------------------------------------------- profile
@@ -138,10 +150,13 @@ def cmd_supernet_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_training_arguments(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float) -> None:
+def add_training_arguments(p: argparse.ArgumentParser, epochs: int, batch_size: int, lr: float,
+                           out: Callable[[str], RunDir] = run_directory) -> None:
+    """The flags supernet and standalone training share; ``out`` parses ``--out`` (``run_directory`` or
+    ``training_directory``)."""
     p.add_argument("--data", default="digits", help="digits (embedded), cifar:PATH or imagefolder:PATH")
     p.add_argument("--epochs", type=positive_int, default=epochs, help="total epochs (raise it to train further)")
-    p.add_argument("--out", required=True, type=Path, help="run directory (created; resumed when it exists)")
+    p.add_argument("--out", required=True, type=out, help="run directory (created; resumed when it exists)")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per step (per process)")
     p.add_argument("--lr", type=positive_float, default=lr, help="peak AdamW learning rate")
     from mixnas.training._loop import CLIP_GRAD, LABEL_SMOOTHING, WARMUP_EPOCHS, WEIGHT_DECAY
@@ -175,7 +190,6 @@ def standalone_config_from_args(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     """``mixnas train``: train the architecture into ``--out``; prints where the weights are."""
     from mixnas.packaged import load_arch
-    from mixnas.run_dir import RunDir
     from mixnas.training import train_architecture
 
     arch = load_arch(args.arch)
@@ -183,8 +197,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  progress=not args.quiet)
     if history and not args.quiet:
         last = history[-1]
-        print(f"{args.out}: {last['epoch']} epochs, val top-1 {float(last['val_acc']):.2f}%; "
-              f"weights in {RunDir(args.out, 'training').weights}")
+        print(f"{args.out.path}: {last['epoch']} epochs, val top-1 {float(last['val_acc']):.2f}%; "
+              f"weights in {args.out.weights}")
     return 0
 
 
@@ -194,7 +208,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     d = StandaloneConfig()
     p = sub.add_parser("train", help="train one architecture from scratch or from exported weights (resumable)")
     p.add_argument("arch", metavar="ARCH", help="ArchConfig YAML or JSON file, or a packaged reference's name")
-    add_training_arguments(p, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr)
+    add_training_arguments(p, epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, out=training_directory)
     p.add_argument("--init-weights", default=None, metavar="FILE",
                    help="start from these weights (a .safetensors of mixnas export --weights for this ARCH)")
     p.add_argument("--data-seed", type=int, default=d.data_seed,
@@ -261,14 +275,14 @@ def _search(args: argparse.Namespace) -> int:
         table = run_optuna_search(args.run_dir, settings, evaluator, progress=not args.quiet)
     searched = table[~table["is_reference"]]
     complete, failed = int((searched["state"] == "COMPLETE").sum()), int((searched["state"] == "FAIL").sum())
-    print(f"{len(searched)} trials in {args.run_dir}/trials.parquet ({complete} complete, {failed} failed); "
-          f"see them with: mixnas results {args.run_dir}")
+    print(f"{len(searched)} trials in {args.run_dir.trials_parquet} ({complete} complete, {failed} failed); "
+          f"see them with: mixnas results {args.run_dir.path}")
     return 0
 
 
 def add_search_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="multi-objective search over a trained supernet (resumable)")
-    p.add_argument("run_dir", type=Path, help="a supernet run directory (mixnas supernet train --out)")
+    p.add_argument("run_dir", type=run_directory, help="a supernet run directory (mixnas supernet train --out)")
     p.add_argument("--trials", type=positive_int, required=True, help="finished trials to reach")
     p.add_argument("--objectives", default="accuracy,flops,latency",
                    help="comma-separated: accuracy (max), flops, params, latency (min)")
@@ -503,14 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_parser(sub)
 
     p = sub.add_parser("results", help="print the Pareto table and write the plotly pages")
-    p.add_argument("run_dir", type=Path, help="a run directory that has been searched")
+    p.add_argument("run_dir", type=run_directory, help="a run directory that has been searched")
     p.add_argument("--objectives", default="accuracy,flops,latency", help="objectives of the front")
     p.add_argument("--out", type=Path, default=None, help="where the pages go (default RUN_DIR/pages)")
     p.add_argument("--json", action="store_true", help="print the front as JSON")
     p.set_defaults(func=cmd_results)
 
     p = sub.add_parser("export", help="write chosen architectures as ArchConfig YAML (and weights)")
-    p.add_argument("run_dir", type=Path, help="a run directory that has been searched")
+    p.add_argument("run_dir", type=run_directory, help="a run directory that has been searched")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--pareto", action="store_true", help="every architecture on the Pareto front")
     which.add_argument("--trial", type=int, action="append", help="trial number (repeatable)")
@@ -527,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rank-check", help="train searched architectures from scratch and compare their ranking "
                                           "with the supernet's (resumable)")
-    p.add_argument("run_dir", type=Path, help="a run directory that has been searched")
+    p.add_argument("run_dir", type=run_directory, help="a run directory that has been searched")
     p.add_argument("--archs", type=positive_int, default=12, help="architectures to train (K)")
     p.add_argument("--epochs", type=positive_int, default=15, help="standalone epochs each")
     p.add_argument("--seeds", type=positive_int, default=1, help="training seeds per architecture (averaged)")
@@ -544,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: train, search, results, export (resumable)")
     p.add_argument("--preset", default="demo", help="demo (embedded data), cifar or imagenet")
-    p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument("--out", type=run_directory, required=True, help="run directory")
     p.add_argument("--data", default=None, help="dataset spec; cifar and imagenet presets need one")
     p.add_argument("--trials", type=positive_int, default=None, help="override the preset's candidate count")
     p.add_argument("--epochs", type=positive_int, default=None, help="override the preset's training epochs")

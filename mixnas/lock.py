@@ -88,7 +88,7 @@ def remove_stale_temporaries(run_dir: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def drive(run_dir: str | Path, command: str, create: bool = True) -> Iterator[None]:
+def drive(run_dir: RunDir | str | Path, command: str, create: bool = True) -> Iterator[None]:
     """Hold the run directory's lock for the duration of ``command``.
 
     ``create``: make the directory if it is missing; otherwise a missing directory is not locked (the
@@ -100,7 +100,7 @@ def drive(run_dir: str | Path, command: str, create: bool = True) -> Iterator[No
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 drives, the others follow it
         yield
         return
-    run = RunDir(run_dir)
+    run = RunDir.of(run_dir, kind=None)  # the lock is the same for either kind
     if not run.path.is_dir():
         if not create:
             yield

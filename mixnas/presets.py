@@ -18,6 +18,7 @@ from pathlib import Path
 
 from mixnas.errors import ConfigError
 from mixnas.packaged import SPACES_DIR, packaged_path
+from mixnas.run_dir import RunDir
 
 
 @dataclass(frozen=True)
@@ -83,13 +84,13 @@ def get_preset(name: str, data: str | None) -> Preset:
     return preset
 
 
-def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: int | None = None,
+def run_preset(preset: Preset, out: RunDir | str | Path, progress: bool = True, trials: int | None = None,
                epochs: int | None = None) -> dict[str, Path]:
-    """Train, search, write the pages and export the front; returns the paths a user looks at next."""
+    """Train, search, write the pages and export the front into the run directory ``out`` (a ``RunDir`` or its
+    path); returns the paths a user looks at next."""
     from mixnas.lock import drive
     from mixnas.results import export_architectures, pareto_table
     from mixnas.results.run_pages import write_run_pages
-    from mixnas.run_dir import RunDir
     from mixnas.search import CandidateEvaluator, EvalSettings, SearchSettings
     from mixnas.search.baseline import random_baseline
     from mixnas.search.optuna_runner import run_optuna_search
@@ -97,33 +98,32 @@ def run_preset(preset: Preset, out: str | Path, progress: bool = True, trials: i
     from mixnas.training import TrainConfig, train_supernet
     from mixnas.trials import load_trials, parse_objectives
 
-    out = Path(out)
-    run = RunDir(out)
+    run = RunDir.of(out)
     objectives = tuple(parse_objectives(preset.objectives))
     space = SearchSpace.from_yaml(preset.space_path)
     say = print if progress else (lambda *a, **k: None)
-    say(f"mixnas run --preset {preset.name}: {preset.cost}; run directory {out}")
+    say(f"mixnas run --preset {preset.name}: {preset.cost}; run directory {run.path}")
     say(f"[1/4] supernet training on {preset.data}")
     config = TrainConfig(data=preset.data or "digits", epochs=epochs or preset.epochs, batch_size=preset.batch_size,
                          lr=preset.lr, steps_per_epoch=preset.steps_per_epoch)
-    train_supernet(space, out, config, device=preset.device, progress=progress)
+    train_supernet(space, run, config, device=preset.device, progress=progress)
     n = trials or preset.trials
     say(f"[2/4] search: {n} candidates ({', '.join(objectives)})")
     evaluation = EvalSettings(device=preset.device, latency_runs=preset.latency_runs,
                               latency_max_seconds=preset.latency_max_seconds, val_limit=preset.val_limit,
                               flops_images=preset.flops_images)
-    with drive(out, f"mixnas run --preset {preset.name}"):  # search, pages and export under one lock
-        evaluator = CandidateEvaluator(out, evaluation)
+    with drive(run, f"mixnas run --preset {preset.name}"):  # search, pages and export under one lock
+        evaluator = CandidateEvaluator(run, evaluation)
         settings = SearchSettings(trials=n, objectives=objectives)
-        run_optuna_search(out, settings, evaluator, progress=progress)
+        run_optuna_search(run, settings, evaluator, progress=progress)
         # The same number of uniform samples on the same supernet: the hypervolume page's baseline.
-        random_baseline(out, evaluator, n, list(objectives), settings.limits, seed=settings.seed, progress=progress)
+        random_baseline(run, evaluator, n, list(objectives), settings.limits, seed=settings.seed, progress=progress)
         say("[3/4] results")
-        table = load_trials(out)
-        index = write_run_pages(out, table, list(objectives), title=f"mixnas {preset.name}: {out.name}")
+        table = load_trials(run)
+        index = write_run_pages(run, table, list(objectives), title=f"mixnas {preset.name}: {run.path.name}")
         say(pareto_table(table, list(objectives)))
         say("[4/4] export of the Pareto front")
-        exported = export_architectures(out, run.exported_dir, pareto=True, objectives=objectives,
+        exported = export_architectures(run, run.exported_dir, pareto=True, objectives=objectives,
                                         weights=evaluator.prepare, progress=progress)
     say(f"Pareto page:      {index}")
     say(f"exported configs: {run.exported_dir} ({len(exported)} architectures, with weights)")

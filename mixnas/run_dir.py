@@ -85,6 +85,31 @@ class RunDir:
         self.path = Path(path)
         self.kind = kind
 
+    @classmethod
+    def of(cls, value: RunDir | str | Path, kind: str | None = "supernet") -> RunDir:
+        """``value`` as a run directory: where a path enters the library (a public function's argument), it
+        becomes a ``RunDir`` once, and everything inside passes that object.
+
+        Args:
+            value: a ``RunDir`` (returned as it is) or the directory's path.
+            kind: the kind a path is taken as, and the kind a ``RunDir`` must be; None accepts a ``RunDir``
+                of either kind (for what every run directory has, such as its lock) and takes a path as
+                ``supernet``.
+
+        Raises:
+            ValueError: ``value`` is a ``RunDir`` of another kind than ``kind``.
+        """
+        if isinstance(value, RunDir):
+            if kind is not None and value.kind != kind:
+                raise ValueError(f"kind: a {kind} directory is needed, got {value!r}")
+            return value
+        return cls(value, kind or "supernet")
+
+    def resolved(self) -> RunDir:
+        """The same run directory named by its absolute path, symbolic links resolved (what a process with
+        another working directory, such as a Ray worker, is given)."""
+        return RunDir(self.path.resolve(), self.kind)
+
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r}, kind={self.kind!r})"
 

@@ -211,43 +211,45 @@ def _as_int_or_nan(col: pd.Series) -> pd.Series:
     return num.astype("float64") if num.isna().any() else _as_int(num)
 
 
-def save_trials(df: pd.DataFrame, run_dir: str | Path) -> Path:
+def save_trials(df: pd.DataFrame, run_dir: RunDir | str | Path) -> Path:
     """Write the trial table to ``RUN_DIR/trials.parquet`` and ``RUN_DIR/trials.csv``, each atomically.
 
     Args:
         df: the trial table (validated with ``check_trials`` first).
-        run_dir: the run directory; created if missing.
+        run_dir: the run directory (a ``RunDir`` or its path); created if missing.
 
     Returns:
         The path of the parquet file.
     """
     table = check_trials(df)
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
+    run = RunDir.of(run_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
     # Parquet keeps dtypes and is what load_trials reads; the CSV is for people and spreadsheets.
-    atomic_write(run / PARQUET_NAME, lambda tmp: table.to_parquet(tmp, index=False))
-    atomic_write(run / CSV_NAME, lambda tmp: table.to_csv(tmp, index=False))
-    return run / PARQUET_NAME
+    atomic_write(run.trials_parquet, lambda tmp: table.to_parquet(tmp, index=False))
+    atomic_write(run.trials_csv, lambda tmp: table.to_csv(tmp, index=False))
+    return run.trials_parquet
 
 
-def load_trials(run_dir: str | Path) -> pd.DataFrame:
+def load_trials(run_dir: RunDir | str | Path) -> pd.DataFrame:
     """Read a run's trial table as a DataFrame: the public way to get the trials.
 
     Reads ``RUN_DIR/trials.parquet``, or ``RUN_DIR/trials.csv`` when the parquet file is missing,
     then validates the columns and restores their dtypes (see the module docstring).
 
     Args:
-        run_dir: a run directory (or the path of a ``trials.parquet``/``trials.csv`` file itself).
+        run_dir: a run directory (a ``RunDir`` or its path), or the path of a ``trials.parquet`` or
+            ``trials.csv`` file itself.
 
     Raises:
         ResultsError: the directory or the trials file does not exist, cannot be parsed, or misses
             a column; the message names the path.
     """
-    path = Path(run_dir)
+    run = RunDir.of(run_dir)
+    path = run.path
     if path.is_file():
         files = [path]
     elif path.is_dir():
-        files = [p for p in (path / PARQUET_NAME, path / CSV_NAME) if p.is_file()]
+        files = [p for p in (run.trials_parquet, run.trials_csv) if p.is_file()]
         if not files:
             raise ResultsError(
                 f"{path}: no {PARQUET_NAME} or {CSV_NAME}; run `mixnas search {path}` to create trials"

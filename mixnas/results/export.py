@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from mixnas.atomic import atomic_write_text
 from mixnas.errors import ResultsError
 from mixnas.results.pareto import pareto_front
+from mixnas.run_dir import RunDir
 from mixnas.search_space import ArchConfig
 from mixnas.supernet.checkpoint import save_weights
 from mixnas.supernet.deploy import FORMATS, DeployError, require, write_format
@@ -66,7 +67,7 @@ def select_trials(df: pd.DataFrame, trials: Sequence[int] | None, pareto: bool, 
 
 
 def export_architectures(
-    run_dir: str | Path, out_dir: str | Path, trials: Sequence[int] | None = None, pareto: bool = False,
+    run_dir: RunDir | str | Path, out_dir: str | Path, trials: Sequence[int] | None = None, pareto: bool = False,
     objectives: Sequence[str] = ("accuracy", "gflops", "latency"),
     weights: Callable[[ArchConfig], nn.Module] | None = None, progress: bool = True,
     formats: Sequence[str] = (),
@@ -74,7 +75,7 @@ def export_architectures(
     """Write one YAML (and, given ``weights``, one .safetensors) per chosen trial; returns the YAML paths.
 
     Args:
-        run_dir: a searched run directory.
+        run_dir: a searched run directory (a ``RunDir`` or its path).
         out_dir: where the files go.
         trials: trial numbers to export (each must be complete).
         pareto: export the Pareto front of ``objectives`` instead.
@@ -85,7 +86,7 @@ def export_architectures(
         formats: deployment formats written beside each weights file (``onnx``, ``torch-export``:
             ``mixnas.supernet.deploy``); they need ``weights``.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run, out_dir = RunDir.of(run_dir), Path(out_dir)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise DeployError(f"--format: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
@@ -93,11 +94,11 @@ def export_architectures(
         raise DeployError("--format: a deployment format holds the weights; add --weights")
     if "onnx" in formats:
         require("onnx", "onnxscript")  # before anything is written
-    df = load_trials(run_dir)
+    df = load_trials(run)
     if not df["latency_ms"].notna().any():
         objectives = [o for o in objectives if o != "latency"]
-    chosen = select_trials(df, trials, pareto, objectives, str(run_dir))
-    preprocessing = read_preprocessing(run_dir)
+    chosen = select_trials(df, trials, pareto, objectives, str(run.path))
+    preprocessing = read_preprocessing(run)
     written, manifest = [], []
     for _, row in tqdm(list(chosen.iterrows()), desc="export", disable=not progress, leave=False):
         arch = ArchConfig.from_dict(json.loads(row["arch"]))

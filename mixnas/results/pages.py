@@ -444,6 +444,196 @@ def _reference_dict(objectives: list[str], reference_point: Reference) -> dict[s
     return given
 
 
+# ------------------------------------------------------------------------------ the steps of write_pages
+# A plot page: its key in PAGE_FILES and PAGE_TITLES, and its body HTML.
+_Page = tuple[str, str]
+_COSTS = ("gflops", "latency")  # the costs with an accuracy-vs-cost page and a search-vs-references table
+_AXES_3D = ("accuracy", "gflops", "latency", "params")  # the 3-D view's axes, in order of preference
+
+
+def _complete(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["state"] == "COMPLETE"]
+
+
+def _measured_objectives(df: pd.DataFrame) -> set[str]:
+    """The objectives with a finite value in at least one complete trial (references included)."""
+    complete = _complete(df)
+    return {o for o in OBJECTIVES if np.isfinite(_values(complete, o)).any()}
+
+
+def _unmeasured_notes(df: pd.DataFrame, objectives: Sequence[str], measured: set[str]) -> list[str]:
+    """What the pages leave out because an objective, or latency, was not measured."""
+    if not len(_complete(df)):
+        return []
+    notes = [
+        f"{OBJECTIVE_LABELS[o]} was not measured in any complete trial "
+        f"(column {objective_column(o)} is empty): left out of the front and the hypervolume"
+        + ("; latency plots skipped." if o == "latency" else ".")
+        for o in objectives if o not in measured
+    ]
+    if "latency" not in objectives and "latency" not in measured:
+        notes.append("latency was not measured (latency_ms is empty): latency plots skipped.")
+    return notes
+
+
+def _latency_sources(df: pd.DataFrame) -> list[str]:
+    """Where the complete trials' latencies came from (``measured: cpu: ...``, a latency table, ...)."""
+    return sorted({s for s in _complete(df)["latency_source"] if s})
+
+
+def _summary(df: pd.DataFrame, objectives: Sequence[str]) -> list[tuple[str, str]]:
+    """The index's summary list, before the front: trials by state, references, objectives, latency source."""
+    searched = df[~df["is_reference"]]
+    counts = searched["state"].value_counts()
+    n_infeasible = int(((searched["state"] == "COMPLETE") & ~searched["feasible"]).sum())
+    by_state = ", ".join(f"{int(counts.get(s, 0))} {s.lower()}" for s in TRIAL_STATES)
+    summary = [
+        ("trials", f"{len(searched)} searched: {by_state}; {n_infeasible} complete but infeasible"),
+        ("reference architectures", str(int(df["is_reference"].sum()))),
+        ("objectives", ", ".join(f"{_NAMES[o]} ({OBJECTIVES[o]})" for o in objectives)),
+    ]
+    sources = _latency_sources(df)
+    if sources:
+        summary.append(("latency", "; ".join(sources)))
+    return summary
+
+
+def _hypervolume_reference(
+    df: pd.DataFrame, objectives: list[str], used: Sequence[str], reference_point: Reference | None,
+) -> dict[str, float]:
+    """The reference point over the measured objectives ``used``: the given one, or ``default_reference``."""
+    given = default_reference(df, used) if reference_point is None else _reference_dict(objectives, reference_point)
+    return {o: given[o] for o in used}
+
+
+def _front_summary(
+    df: pd.DataFrame, objectives: Sequence[str], reference: Mapping[str, float], history: pd.DataFrame,
+    base_history: pd.DataFrame | None, reference_point: Reference | None, reference_note: str | None,
+) -> list[tuple[str, str]]:
+    """The index's summary items about the front: its size, the reference point and where it came from,
+    the hypervolume, and random sampling's hypervolume when a baseline was scored."""
+    if reference_point is None:
+        origin = " (default: accuracy 0 %, 1.1 x the worst feasible value of each cost)"
+    else:
+        origin = f" ({reference_note})" if reference_note else ""
+    summary = [
+        ("Pareto front", f"{int(pareto_mask(df, objectives).sum())} architectures"),
+        ("reference point", format_reference(reference) + origin),
+        ("hypervolume", f"{history['hypervolume'].iloc[-1]:.6g}"),
+    ]
+    if base_history is not None:
+        summary.append(("random sampling", f"hypervolume {base_history['hypervolume'].iloc[-1]:.6g} after "
+                        f"{len(base_history)} evaluations on the same supernet"))
+    return summary
+
+
+def _cost_pages(df: pd.DataFrame, used: Sequence[str], measured: set[str]) -> list[_Page]:
+    """Accuracy against GFLOPs and against latency, each where accuracy and that cost were measured, with
+    the search-vs-references table for that cost."""
+    pages = []
+    for cost in _COSTS:
+        if cost not in measured or "accuracy" not in measured:
+            continue
+        key = f"accuracy_vs_{cost}"
+        fig = scatter_figure(df, cost, used if "accuracy" in used else ["accuracy", cost])
+        extra = ""
+        if cost == "latency":
+            extra = f'<p class="note">latency: {html.escape("; ".join(_latency_sources(df)))}</p>'
+        pages.append((key, extra + _figure_html(fig, key) + versus_html(df, cost)))
+    return pages
+
+
+def _axes_3d(used: Sequence[str], measured: set[str]) -> list[str]:
+    """The 3-D view's three axes: the search's measured objectives first, then other measured ones; fewer
+    than three when fewer were measured."""
+    axes = [o for o in _AXES_3D if o in used]
+    axes += [o for o in _AXES_3D if o not in axes and o in measured]
+    return axes[:3]
+
+
+def _hypervolume_page(
+    history: pd.DataFrame, used: Sequence[str], reference: Mapping[str, float], base_history: pd.DataFrame | None,
+) -> _Page:
+    fig = hypervolume_figure(history, used, reference, base_history)
+    body = (f"<p>Reference point: {html.escape(format_reference(reference))}. Only feasible complete "
+            f"searched trials count; maximised objectives are negated, so the volume is the region "
+            f"between the front and the reference point.</p>")
+    return "hypervolume", body + _figure_html(fig, "hypervolume")
+
+
+def _ranking_page(table: pd.DataFrame, stats: Mapping[str, Any]) -> _Page:
+    body = (f"<p>{len(table)} searched architectures trained from scratch for {int(table['epochs'].iloc[0])} "
+            f"epochs (mixnas rank-check); top-3 overlap {stats['top3_overlap']}/3, standalone accuracies span "
+            f"{stats['standalone_span']:.1f} points.")
+    if stats.get("cost_tau") is not None and math.isfinite(stats["cost_tau"]):
+        body += f" Ranking by GFLOPs alone reaches Kendall tau {stats['cost_tau']:.2f} (the cost baseline)."
+    if stats.get("seed_agreement_tau") is not None:
+        body += f" Two standalone seeds agree with each other at Kendall tau {stats['seed_agreement_tau']:.2f}."
+    if stats.get("noise_ceiling_tau") is not None:
+        body += (f" Noise ceiling: a perfect proxy would reach about tau {stats['noise_ceiling_tau']:.2f} "
+                 "against the seed-averaged accuracies.")
+    body += "</p>"
+    return "ranking", body + _figure_html(ranking_figure(table, stats), "ranking")
+
+
+def _write_plot_pages(out: Path, pages: Sequence[_Page], title: str, nav: Sequence[tuple[str, str]]) -> None:
+    """Write the plot pages and the plotly.js they load, and remove what an earlier call left that this
+    one did not write."""
+    if pages:  # before the pages that load it
+        write_plotly_js(out)
+    else:  # no plot page left to load it
+        (out / PLOTLY_JS).unlink(missing_ok=True)
+    for key, body in pages:
+        page = _page(f"{PAGE_TITLES[key]} - {title}", f"{title}: {PAGE_TITLES[key]}", body, nav)
+        atomic_write_text(out / PAGE_FILES[key], page)
+    # A page from an earlier call (latency measured then, not now) would contradict the new index.
+    written = {PAGE_FILES[key] for key, _ in pages}
+    for file in PAGE_FILES.values():
+        if file not in written:
+            (out / file).unlink(missing_ok=True)
+
+
+def _index_tables(df: pd.DataFrame, front_objectives: Sequence[str] | None, measured: set[str]) -> list[str]:
+    """The index's tables: the Pareto front of ``front_objectives`` (when there is a front), search vs the
+    references for each measured cost, and the references' own objectives."""
+    tables = []
+    if front_objectives:
+        header, rows = table_rows(pareto_records(df, front_objectives))
+        numeric = [i == 0 or i >= len(header) - 4 for i in range(len(header))]
+        tables.append(f"<h2>Pareto front ({html.escape(_names(front_objectives))}), cheapest first</h2>\n"
+                      + _html_table(header, rows, numeric))
+    tables += [versus_html(df, cost) for cost in _COSTS if cost in measured]
+    refs = df[df["is_reference"] & (df["state"] == "COMPLETE")]
+    if len(refs):
+        rows = [
+            [r.label, _fmt(r.accuracy, ".2f"),
+             format_gflops(_finite(r.gflops), _finite(r.gflops_min), _finite(r.gflops_max)),
+             _fmt(float(r.params) / 1e6, ".3f"), _fmt(r.latency_ms, ".2f")]
+            for r in refs.itertuples(index=False)
+        ]
+        header = ["reference", "acc %", "GFLOPs", "params M", "latency ms"]
+        tables.append(f"<h2>Reference architectures</h2>\n{_html_table(header, rows, [False] + [True] * 4)}")
+    return tables
+
+
+def _index_body(
+    summary: Sequence[tuple[str, str]], searched_complete: bool, pages: Sequence[_Page], notes: Sequence[str],
+    tables: Sequence[str],
+) -> str:
+    """The index: the summary, links to the plot pages, the notes, then the tables."""
+    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>\n" for k, v in summary)
+    parts = [f"<ul>\n{items}</ul>"]
+    if not searched_complete:
+        parts.append("<p><b>No complete trials yet.</b></p>")
+    if pages:
+        links = "".join(f'<li><a href="{PAGE_FILES[k]}">{html.escape(PAGE_TITLES[k])}</a></li>\n' for k, _ in pages)
+        parts.append(f"<h2>Plots</h2>\n<ul>\n{links}</ul>")
+    if notes:
+        parts.append("<h2>Notes</h2>\n<ul>\n"
+                     + "".join(f'<li class="note">{html.escape(n)}</li>\n' for n in notes) + "</ul>")
+    return "\n".join(parts + list(tables))
+
+
 def write_pages(
     df: pd.DataFrame,
     out_dir: str | Path,
@@ -477,147 +667,40 @@ def write_pages(
     objs = parse_objectives(objectives)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    searched = df[~df["is_reference"]]
-    complete = df[df["state"] == "COMPLETE"]
-    notes: list[str] = []
+    measured = _measured_objectives(df)
+    used = [o for o in objs if o in measured]  # the objectives of the front and the hypervolume
+    searched_complete = bool(((df["state"] == "COMPLETE") & ~df["is_reference"]).any())
+    has_front = bool(used) and bool(candidates(df, used).any())
+    notes = _unmeasured_notes(df, objs, measured)
+    summary = _summary(df, used or objs)
+    pages = _cost_pages(df, used, measured) if searched_complete else []
 
-    def measured(o: str) -> bool:
-        return bool(np.isfinite(_values(complete, o)).any())
-
-    used = [o for o in objs if measured(o)]
-    for o in objs:
-        if o not in used and len(complete):
-            notes.append(
-                f"{OBJECTIVE_LABELS[o]} was not measured in any complete trial "
-                f"(column {objective_column(o)} is empty): left out of the front and the hypervolume"
-                + ("; latency plots skipped." if o == "latency" else ".")
-            )
-    if "latency" not in objs and not measured("latency") and len(complete):
-        notes.append("latency was not measured (latency_ms is empty): latency plots skipped.")
-
-    counts = searched["state"].value_counts()
-    n_infeasible = int(((searched["state"] == "COMPLETE") & ~searched["feasible"]).sum())
-    by_state = ", ".join(f"{int(counts.get(s, 0))} {s.lower()}" for s in TRIAL_STATES)
-    summary = [
-        ("trials", f"{len(searched)} searched: {by_state}; {n_infeasible} complete but infeasible"),
-        ("reference architectures", str(int(df["is_reference"].sum()))),
-        ("objectives", ", ".join(f"{_NAMES[o]} ({OBJECTIVES[o]})" for o in (used or objs))),
-    ]
-    sources = sorted({s for s in complete["latency_source"] if s})
-    if sources:
-        summary.append(("latency", "; ".join(sources)))
-
-    pages: list[tuple[str, str, str]] = []  # (key, file, body html)
-    index_body: list[str] = []
-    ok = candidates(df, used) if used else pd.Series(False, index=df.index)
-    if not (searched["state"] == "COMPLETE").any():
-        index_body.append("<p><b>No complete trials yet.</b></p>")
-    else:
-        reference = None
-        if ok.any():
-            reference = (
-                default_reference(df, used) if reference_point is None
-                else _reference_dict(objs, reference_point)
-            )
-            reference = {o: reference[o] for o in used}
-            history = hypervolume_history(df, used, reference)
-            summary += [
-                ("Pareto front", f"{int(pareto_mask(df, used).sum())} architectures"),
-                ("reference point", format_reference(reference)
-                 + (" (default: accuracy 0 %, 1.1 x the worst feasible value of each cost)"
-                    if reference_point is None else f" ({reference_note})" if reference_note else "")),
-                ("hypervolume", f"{history['hypervolume'].iloc[-1]:.6g}"),
-            ]
+    if has_front:
+        reference = _hypervolume_reference(df, objs, used, reference_point)
+        history = hypervolume_history(df, used, reference)
+        base_history = None
+        if baseline is not None and len(baseline):
+            base_history = hypervolume_history(check_trials(baseline), used, reference)
+        summary += _front_summary(df, used, reference, history, base_history, reference_point, reference_note)
+        axes = _axes_3d(used, measured)
+        if len(axes) == 3:
+            pages.append(("objectives_3d", _figure_html(scatter3d_figure(df, axes, used), "objectives_3d")))
         else:
-            notes.append("No feasible complete trial yet: no Pareto front and no hypervolume.")
-
-        for cost in ("gflops", "latency"):
-            key = f"accuracy_vs_{cost}"
-            if measured(cost) and measured("accuracy"):
-                fig = scatter_figure(df, cost, used if "accuracy" in used else ["accuracy", cost])
-                extra = ""
-                if cost == "latency":
-                    extra = f'<p class="note">latency: {html.escape("; ".join(sources))}</p>'
-                pages.append((key, PAGE_FILES[key], extra + _figure_html(fig, key) + versus_html(df, cost)))
-
-        axes = [o for o in ("accuracy", "gflops", "latency", "params") if o in used]
-        axes += [o for o in ("accuracy", "gflops", "latency", "params") if o not in axes and measured(o)]
-        if len(axes) >= 3 and ok.any():
-            fig = scatter3d_figure(df, axes[:3], used)
-            pages.append(("objectives_3d", PAGE_FILES["objectives_3d"], _figure_html(fig, "objectives_3d")))
-        elif ok.any():
             notes.append("The 3-D view needs three measured objectives; skipped.")
-
-        if reference is not None:
-            base_history = None
-            if baseline is not None and len(baseline):
-                base_history = hypervolume_history(check_trials(baseline), used, reference)
-                summary.append(("random sampling", f"hypervolume {base_history['hypervolume'].iloc[-1]:.6g} after "
-                                f"{len(base_history)} evaluations on the same supernet"))
-            fig = hypervolume_figure(history, used, reference, base_history)
-            body = (f"<p>Reference point: {html.escape(format_reference(reference))}. Only feasible complete "
-                    f"searched trials count; maximised objectives are negated, so the volume is the region "
-                    f"between the front and the reference point.</p>")
-            pages.append(("hypervolume", PAGE_FILES["hypervolume"], body + _figure_html(fig, "hypervolume")))
-            fig = mixer_figure(df, used)
-            pages.append(("mixers", PAGE_FILES["mixers"], _figure_html(fig, "mixers")))
+        pages.append(_hypervolume_page(history, used, reference, base_history))
+        pages.append(("mixers", _figure_html(mixer_figure(df, used), "mixers")))
+    elif searched_complete:
+        notes.append("No feasible complete trial yet: no Pareto front and no hypervolume.")
 
     if ranking is not None:
-        table, stats = ranking
-        body = (f"<p>{len(table)} searched architectures trained from scratch for {int(table['epochs'].iloc[0])} "
-                f"epochs (mixnas rank-check); top-3 overlap {stats['top3_overlap']}/3, standalone accuracies span "
-                f"{stats['standalone_span']:.1f} points.")
-        if stats.get("cost_tau") is not None and math.isfinite(stats["cost_tau"]):
-            body += f" Ranking by GFLOPs alone reaches Kendall tau {stats['cost_tau']:.2f} (the cost baseline)."
-        if stats.get("seed_agreement_tau") is not None:
-            body += f" Two standalone seeds agree with each other at Kendall tau {stats['seed_agreement_tau']:.2f}."
-        if stats.get("noise_ceiling_tau") is not None:
-            body += (f" Noise ceiling: a perfect proxy would reach about tau {stats['noise_ceiling_tau']:.2f} "
-                     "against the seed-averaged accuracies.")
-        body += "</p>"
-        pages.append(("ranking", PAGE_FILES["ranking"], body + _figure_html(ranking_figure(table, stats), "ranking")))
+        pages.append(_ranking_page(*ranking))
+        stats = ranking[1]
         summary.append(("ranking check", f"Kendall tau {stats['kendall_tau']:.2f} over {stats['n']} architectures"))
-    nav = [("index.html", "index")] + [(f, PAGE_TITLES[k]) for k, f, _ in pages]
-    if pages:  # before the pages that load it
-        write_plotly_js(out)
-    else:  # no plot page left to load it
-        (out / PLOTLY_JS).unlink(missing_ok=True)
-    for key, file, body in pages:
-        page = _page(f"{PAGE_TITLES[key]} - {title}", f"{title}: {PAGE_TITLES[key]}", body, nav)
-        atomic_write_text(out / file, page)
-    # A page from an earlier call (latency measured then, not now) would contradict the new index.
-    written = {file for _, file, _ in pages}
-    for file in PAGE_FILES.values():
-        if file not in written:
-            (out / file).unlink(missing_ok=True)
 
-    items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>\n" for k, v in summary)
-    index_body.insert(0, f"<ul>\n{items}</ul>")
-    if pages:
-        links = "".join(f'<li><a href="{f}">{html.escape(PAGE_TITLES[k])}</a></li>\n' for k, f, _ in pages)
-        index_body.append(f"<h2>Plots</h2>\n<ul>\n{links}</ul>")
-    if notes:
-        index_body.append("<h2>Notes</h2>\n<ul>\n"
-                          + "".join(f'<li class="note">{html.escape(n)}</li>\n' for n in notes) + "</ul>")
-    if used and ok.any():
-        header, rows = table_rows(pareto_records(df, used))
-        numeric = [i == 0 or i >= len(header) - 4 for i in range(len(header))]
-        index_body.append(f"<h2>Pareto front ({html.escape(_names(used))}), cheapest first</h2>\n"
-                          + _html_table(header, rows, numeric))
-    for cost in ("gflops", "latency"):
-        if measured(cost):
-            index_body.append(versus_html(df, cost))
-    refs = df[df["is_reference"] & (df["state"] == "COMPLETE")]
-    if len(refs):
-        rows = [
-            [r.label, _fmt(r.accuracy, ".2f"),
-             format_gflops(_finite(r.gflops), _finite(r.gflops_min), _finite(r.gflops_max)),
-             _fmt(float(r.params) / 1e6, ".3f"), _fmt(r.latency_ms, ".2f")]
-            for r in refs.itertuples(index=False)
-        ]
-        header = ["reference", "acc %", "GFLOPs", "params M", "latency ms"]
-        table = _html_table(header, rows, [False] + [True] * 4)
-        index_body.append(f"<h2>Reference architectures</h2>\n{table}")
+    nav = [("index.html", "index")] + [(PAGE_FILES[k], PAGE_TITLES[k]) for k, _ in pages]
+    _write_plot_pages(out, pages, title, nav)
+    tables = _index_tables(df, used if has_front else None, measured)
+    body = _index_body(summary, searched_complete, pages, notes, tables)
     index = out / "index.html"
-    atomic_write_text(index, _page(title, title, "\n".join(index_body), nav))
+    atomic_write_text(index, _page(title, title, body, nav))
     return index

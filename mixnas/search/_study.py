@@ -175,7 +175,7 @@ def check_study(study: optuna.Study, settings: SearchSettings, backend: str, pat
         )
 
 
-def check_settings(run_dir: Path, settings: EvalSettings, weights_digest: str | None = None) -> None:
+def check_settings(run_dir: RunDir | str | Path, settings: EvalSettings, weights_digest: str | None = None) -> None:
     """A resumed search must score candidates as before, with the same supernet weights; the first run
     records both.
 
@@ -183,9 +183,9 @@ def check_settings(run_dir: Path, settings: EvalSettings, weights_digest: str | 
         ConfigError: other scoring settings, or weights that changed since (trained further): the new
             scores would mix with the old ones in one table.
     """
-    run = RunDir(run_dir)
+    run = RunDir.of(run_dir)
     if run.eval_settings_file.is_file():
-        previous = load_settings(run_dir)
+        previous = load_settings(run)
         if previous.cache_key() != settings.cache_key():
             changed = [k for k, v in asdict(settings).items()
                        if getattr(previous, k) != v and k != "latency_max_seconds"]
@@ -208,4 +208,4 @@ def check_settings(run_dir: Path, settings: EvalSettings, weights_digest: str | 
             )
         if stored is None:
             atomic_write_text(run.search_weights_file, json.dumps({"sha256": weights_digest}) + "\n")
-    save_settings(run_dir, settings)
+    save_settings(run, settings)

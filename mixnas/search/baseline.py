@@ -25,9 +25,9 @@ from mixnas.search.evaluator import CandidateEvaluator
 from mixnas.trials import TRIAL_COLUMNS, check_trials, load_trials
 
 
-def load_baseline(run_dir: str | Path) -> pd.DataFrame | None:
+def load_baseline(run_dir: RunDir | str | Path) -> pd.DataFrame | None:
     """The run's random-sampling table, or None when there is none (or it cannot be read)."""
-    path = RunDir(run_dir).random_baseline
+    path = RunDir.of(run_dir).random_baseline
     if not path.is_file():
         return None
     try:
@@ -36,12 +36,12 @@ def load_baseline(run_dir: str | Path) -> pd.DataFrame | None:
         return None  # damaged: scored again (cached results make that quick)
 
 
-def random_baseline(run_dir: str | Path, evaluator: CandidateEvaluator, n: int, objectives: list[str],
+def random_baseline(run_dir: RunDir | str | Path, evaluator: CandidateEvaluator, n: int, objectives: list[str],
                     limits: Limits | None = None, seed: int = 0, progress: bool = True) -> pd.DataFrame:
     """Score ``n`` distinct uniformly drawn architectures (module docstring); returns their table.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory (a ``RunDir`` or its path).
         evaluator: the search's evaluator.
         n: architectures to score.
         objectives: the search's objectives (a failed one is recorded as such).
@@ -49,6 +49,7 @@ def random_baseline(run_dir: str | Path, evaluator: CandidateEvaluator, n: int, 
         seed: seeds the draws.
         progress: show a progress bar.
     """
+    run = RunDir.of(run_dir)
     limits = limits or Limits()
     rng = random.Random(seed)
     archs, seen = [], set()
@@ -59,8 +60,8 @@ def random_baseline(run_dir: str | Path, evaluator: CandidateEvaluator, n: int, 
         if arch.arch_id not in seen:
             seen.add(arch.arch_id)
             archs.append(arch)
-    path = RunDir(run_dir).random_baseline
-    done = load_baseline(run_dir)
+    path = run.random_baseline
+    done = load_baseline(run)
     # Rows kept up to the first that is not this draw's architecture (a table of other draws is redone).
     rows = list(itertools.takewhile(lambda ra: ra[0]["arch_id"] == ra[1].arch_id,
                                     zip(done.to_dict("records") if done is not None else [], archs)))

@@ -112,14 +112,14 @@ class CandidateEvaluator:
     """Scores architectures of a trained supernet's space.
 
     Args:
-        run_dir: a supernet run directory (``mixnas supernet train --out``).
+        run_dir: a supernet run directory (``mixnas supernet train --out``): a ``RunDir`` or its path.
         settings: how to score.
     """
 
-    def __init__(self, run_dir: str | Path, settings: EvalSettings | None = None) -> None:
+    def __init__(self, run_dir: RunDir | str | Path, settings: EvalSettings | None = None) -> None:
         from mixnas.data import load_dataset, make_loader
 
-        self.run = RunDir(run_dir)
+        self.run = RunDir.of(run_dir)
         self.run_dir = self.run.path
         self.settings = settings or EvalSettings()
         self.space = read_space(self.run)
@@ -275,14 +275,14 @@ def _valid_result(result: Any) -> bool:
     return 0 <= result["accuracy"] <= 100 and 0 <= result["params"] < 2**53
 
 
-def save_settings(run_dir: str | Path, settings: EvalSettings) -> None:
+def save_settings(run_dir: RunDir | str | Path, settings: EvalSettings) -> None:
     """Record how a search scored its candidates (export re-creates the scored networks from it)."""
-    run = RunDir(run_dir)
+    run = RunDir.of(run_dir)
     run.write_settings(settings, run.eval_settings_file)
 
 
-def load_settings(run_dir: str | Path) -> EvalSettings:
-    run = RunDir(run_dir)
+def load_settings(run_dir: RunDir | str | Path) -> EvalSettings:
+    run = RunDir.of(run_dir)
     if not run.eval_settings_file.is_file():
         raise CheckpointError(f"{run.eval_settings_file}: missing; run mixnas search on this run directory first")
     return run.read_settings(EvalSettings, run.eval_settings_file)

@@ -234,8 +234,7 @@ class _Component:
 
 def _exact_limits(space: SearchSpace, stage: StageConfig, resolution: int) -> StageLimits:
     """The limits of a stage holding exactly ``stage`` (a block as ``build_model`` builds it)."""
-    one = ArchConfig(input_size=space.input_size, num_classes=space.num_classes, patch_size=space.patch_size,
-                     layout=space.layout, stages=(stage,))
+    one = ArchConfig(**space.geometry(), stages=(stage,))
     return StageLimits.from_choices(SearchSpace.from_arch(one).stages[0], resolution)
 
 

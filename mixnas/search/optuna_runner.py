@@ -70,18 +70,19 @@ from mixnas.trials import TRIAL_COLUMNS, save_trials
 INTERRUPTED = "interrupted: the search process stopped while evaluating it"
 
 
-def open_study(run_dir: Path, settings: SearchSettings, space: SearchSpace | None = None) -> optuna.Study:
+def open_study(run_dir: RunDir | str | Path, settings: SearchSettings, space: SearchSpace | None = None
+               ) -> optuna.Study:
     """Create or load the study in ``RUN_DIR/search/journal.log``; refuse a study with other objectives or
     one the Ray backend searches (``check_study``). A new study gets the warm start (``warm_start_archs``)
     queued as its first trials.
 
     Args:
-        run_dir: the run directory.
+        run_dir: the run directory (a ``RunDir`` or its path).
         settings: the search's settings.
         space: the search space (the guided sampler needs it, and the warm start is queued only with it;
             the run's when None and the sampler is guided).
     """
-    run = RunDir(run_dir)
+    run = RunDir.of(run_dir)
     path = run.journal
     storage = journal_storage(path)
     name = settings.sampler
@@ -202,23 +203,24 @@ def _tell_repeat(study: optuna.Study, trial: optuna.trial.Trial, first: optuna.t
 
 
 def run_optuna_search(
-    run_dir: str | Path, settings: SearchSettings, evaluator: CandidateEvaluator, progress: bool = True,
+    run_dir: RunDir | str | Path, settings: SearchSettings, evaluator: CandidateEvaluator, progress: bool = True,
 ) -> pd.DataFrame:
     """Run (or resume) the search until ``settings.trials`` trials have finished; returns the trial table.
 
     Raises:
         RunLockedError: another process drives the run directory.
     """
-    with drive(run_dir, "search"):
-        return _run_optuna_search(Path(run_dir), settings, evaluator, progress)
+    run = RunDir.of(run_dir)
+    with drive(run, "search"):
+        return _run_optuna_search(run, settings, evaluator, progress)
 
 
 def _run_optuna_search(
-    run_dir: Path, settings: SearchSettings, evaluator: CandidateEvaluator, progress: bool,
+    run: RunDir, settings: SearchSettings, evaluator: CandidateEvaluator, progress: bool,
 ) -> pd.DataFrame:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(run_dir, settings, evaluator.space)
-    check_settings(run_dir, evaluator.settings, getattr(evaluator, "weights_digest", None))
+    study = open_study(run, settings, evaluator.space)
+    check_settings(run, evaluator.settings, getattr(evaluator, "weights_digest", None))
     objectives = list(settings.objectives)
     done = finished_count(study)
     seen = first_trials_by_arch(study)
@@ -228,7 +230,7 @@ def _run_optuna_search(
         table = study_table(study, settings.limits)
         if references:
             table = pd.concat([table, pd.DataFrame(references, columns=TRIAL_COLUMNS)], ignore_index=True)
-        save_trials(table, run_dir)
+        save_trials(table, run)
         return table
 
     bar = tqdm(total=settings.trials, initial=min(done, settings.trials), desc="search", unit="trial",

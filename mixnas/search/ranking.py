@@ -271,7 +271,8 @@ def _jobs(run: RunDir, picks: pd.DataFrame, settings: RankSettings, data: str, d
     return jobs
 
 
-def rank_check(run_dir: str | Path, settings: RankSettings | None = None, progress: bool = True) -> dict[str, Any]:
+def rank_check(run_dir: RunDir | str | Path, settings: RankSettings | None = None,
+               progress: bool = True) -> dict[str, Any]:
     """Train the picked architectures from scratch (or resume them), write the ranking table and summary,
     and return the statistics (``ranking_statistics`` plus the settings and the table's path).
 
@@ -280,11 +281,11 @@ def rank_check(run_dir: str | Path, settings: RankSettings | None = None, progre
         RunLockedError: another process drives the run directory.
     """
     settings = settings or RankSettings()
-    run = RunDir(run_dir)
+    run = RunDir.of(run_dir)
     if not run.is_searched():
         raise ResultsError(f"{run.path}: not searched yet (no {RunDir.TRIALS_PARQUET}); run mixnas search first")
-    with drive(run.path, "rank-check"):
-        table = load_trials(run.path)
+    with drive(run, "rank-check"):
+        table = load_trials(run)
         picks = pick_architectures(table, settings.archs)
         supernet_config = read_config(run)
         data = supernet_config.data
@@ -350,9 +351,9 @@ def _run_jobs(jobs: list[Job], settings: RankSettings, progress: bool) -> dict:
     return out
 
 
-def load_ranking(run_dir: str | Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+def load_ranking(run_dir: RunDir | str | Path) -> tuple[pd.DataFrame, dict[str, Any]] | None:
     """The ranking table and summary of a run directory, or None when no check has finished there."""
-    folder = RunDir(run_dir).ranking_dir
+    folder = RunDir.of(run_dir).ranking_dir
     if not (folder / RANKING_FILE).is_file() or not (folder / SUMMARY_FILE).is_file():
         return None
     try:

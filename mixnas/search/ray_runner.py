@@ -429,7 +429,7 @@ def make_search(space: SearchSpace, settings: SearchSettings, ray_settings: RayS
     return TrialBudget(limited, settings.trials, progress)
 
 
-def check_private(experiment: Path, run_dir: Path) -> None:
+def check_private(experiment: Path, run: RunDir) -> None:
     """Refuse to restore an experiment whose pickles another user could have written, as ssh refuses keys
     that others can write: restoring unpickles Ray Tune's ``tuner.pkl`` and searcher states, and a pickle
     runs whatever code it names. The run directory, the experiment folder and every pickle in it must
@@ -441,7 +441,7 @@ def check_private(experiment: Path, run_dir: Path) -> None:
     if not experiment.is_dir():
         return
     uid = os.getuid()
-    paths = [run_dir, run_dir / RunDir.SEARCH, experiment]
+    paths = [run.path, run.search_dir, experiment]
     paths += sorted(p for p in experiment.rglob("*.pkl") if not p.is_symlink())
     paths += sorted(p for p in experiment.rglob("*.pkl") if p.is_symlink())
     for path in paths:
@@ -569,25 +569,27 @@ def lost_worker(error: BaseException) -> bool:
 
 
 def _fit(
-    trainable: Any, run: dict[str, Any], space: SearchSpace, settings: SearchSettings, ray_settings: RaySettings,
-    experiment: Path, storage: Path, progress: bool,
+    trainable: Any, param_space: dict[str, Any], space: SearchSpace, settings: SearchSettings,
+    ray_settings: RaySettings, run: RunDir, progress: bool,
 ) -> Any:
-    """Create the experiment or restore it (errored trials run again), and run it to its trial budget."""
+    """Create the experiment (``RUN_DIR/search/ray``) or restore it (errored trials run again), and run it to
+    its trial budget."""
+    experiment = run.ray_dir
     if tune.Tuner.can_restore(str(experiment)):  # its seals were verified before (_run_ray_search)
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True, param_space=run)
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True,
+                                   param_space=param_space)
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=run,
+            param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=make_search(space, settings, ray_settings, progress,
-                                       cost_table_cache=experiment.parent / RunDir.COST_TABLE,
-                                       journal=Path(run[RUN_KEY]["journal"])),
+                search_alg=make_search(space, settings, ray_settings, progress, cost_table_cache=run.cost_table,
+                                       journal=run.journal),
                 num_samples=settings.trials,
                 reuse_actors=True, trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
-                name=EXPERIMENT_NAME, storage_path=str(storage), verbose=0,
+                name=EXPERIMENT_NAME, storage_path=str(run.search_dir), verbose=0,
                 # A trial whose worker or node dies runs again (elsewhere); a failing candidate
                 # reports its failure instead of raising, so it is not retried.
                 failure_config=tune.FailureConfig(max_failures=TRIAL_MAX_FAILURES),
@@ -601,14 +603,14 @@ def _fit(
 
 
 def run_ray_search(
-    run_dir: str | Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
+    run_dir: RunDir | str | Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
     progress: bool = True,
 ) -> pd.DataFrame:
     """Run (or restore and continue) the search on Ray Tune until ``settings.trials`` trials exist.
 
     Args:
-        run_dir: a supernet run directory; the experiment goes to ``RUN_DIR/search/ray`` and the trial
-            table to ``RUN_DIR/trials.parquet`` (and ``.csv``).
+        run_dir: a supernet run directory (a ``RunDir`` or its path); the experiment goes to
+            ``RUN_DIR/search/ray`` and the trial table to ``RUN_DIR/trials.parquet`` (and ``.csv``).
         settings: objectives, sampler, limits, seed, total trials and whether to score the references.
         evaluation: how candidates are scored (in the workers, and the references in this process).
         ray_settings: the cluster address and the resources and concurrency of trials.
@@ -623,36 +625,35 @@ def run_ray_search(
         ConfigError: the restored experiment optimised other objectives or scored candidates with other
             settings, or a local Ray instance cannot give a trial the resources it asks for.
     """
-    with drive(run_dir, "search --backend ray"):
-        return _run_ray_search(Path(run_dir).resolve(), settings, evaluation, ray_settings, progress)
+    run = RunDir.of(run_dir)
+    with drive(run, "search --backend ray"):
+        return _run_ray_search(run.resolved(), settings, evaluation, ray_settings, progress)
 
 
 def _run_ray_search(
-    run_dir: Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings, progress: bool,
+    run: RunDir, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings, progress: bool,
 ) -> pd.DataFrame:
-    run = RunDir(run_dir)
+    """``run_ray_search`` with the lock held; ``run`` is named by its absolute path (the workers open it)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = read_space(run)
     if not run.weights.is_file():
         raise CheckpointError(f"{run.weights}: missing; train the supernet first (mixnas supernet train)")
-    storage = run.search_dir
     experiment = run.ray_dir
     check_experiment(experiment, settings)
-    check_private(experiment, run.path)
+    check_private(experiment, run)
     if tune.Tuner.can_restore(str(experiment)):
         seal.verify(experiment, skip=[SETTINGS_FILE])
     prepare_journal(run, settings)
-    journal = run.journal
     # As the Optuna runner: a search scores all its candidates alike, with the same weights.
-    check_settings(run_dir, evaluation, run.weights_digest())
+    check_settings(run, evaluation, run.weights_digest())
 
     started = start_ray(ray_settings, say=print if progress else None)
     try:
-        trainable = make_trainable(run_dir, settings, evaluation, ray_settings)
-        run = {RUN_KEY: {"trials": settings.trials, "progress": progress,
-                         "max_concurrent": ray_settings.max_concurrent, "journal": str(journal),
-                         "experiment": str(experiment)}}
-        results = _fit(trainable, run, space, settings, ray_settings, experiment, storage, progress)
+        trainable = make_trainable(run, settings, evaluation, ray_settings)
+        param_space = {RUN_KEY: {"trials": settings.trials, "progress": progress,
+                                 "max_concurrent": ray_settings.max_concurrent, "journal": str(run.journal),
+                                 "experiment": str(experiment)}}
+        results = _fit(trainable, param_space, space, settings, ray_settings, run, progress)
         for _ in range(LOST_TRIAL_ROUNDS):
             lost = sum(1 for r in results if r.error is not None and lost_worker(r.error))
             interrupted = any(r.error is None and FAILED not in (r.metrics or {}) for r in results)
@@ -666,19 +667,19 @@ def _run_ray_search(
             else:
                 logging.getLogger(__name__).warning(message)
             seal.verify(experiment, skip=[SETTINGS_FILE])  # the restore reads what Tune has just saved
-            results = _fit(trainable, run, space, settings, ray_settings, experiment, storage, progress)
+            results = _fit(trainable, param_space, space, settings, ray_settings, run, progress)
     finally:
         if started:
             stop_ray()
 
     table = results_table(results, settings.limits)
-    save_trials(table, run_dir)
+    save_trials(table, run)
     if (table["state"] == "RUNNING").any():
         # Tune stops on the first Ctrl-C, saves the experiment and returns; stop here as the Optuna runner does.
         raise KeyboardInterrupt("the Ray Tune search was interrupted; running it again restores it")
     if settings.references:
-        evaluator = CandidateEvaluator(run_dir, evaluation)
+        evaluator = CandidateEvaluator(run, evaluation)
         references = reference_rows(space, evaluator.evaluate, settings.limits, "ray", progress)
         table = pd.concat([table, pd.DataFrame(references, columns=TRIAL_COLUMNS)], ignore_index=True)
-        save_trials(table, run_dir)
+        save_trials(table, run)
     return table

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
 
+from mixnas.run_dir import RunDir
 from mixnas.search._shared import Limits, SearchSettings, score
 from mixnas.search.evaluator import CandidateEvaluator, EvalSettings
 from mixnas.search.ray_cluster import RaySettings
@@ -92,18 +92,19 @@ def worker_name() -> str:
 
 
 def make_trainable(
-    run_dir: Path, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
+    run: RunDir, settings: SearchSettings, evaluation: EvalSettings, ray_settings: RaySettings,
 ) -> Any:
     """``evaluate_candidate`` with its arguments bound and the resources each trial reserves.
 
     Args:
-        run_dir: the supernet run directory (resolved path).
+        run: the supernet run directory, named by its absolute path (``RunDir.resolved``); the workers get
+            the path.
         settings: the objectives and limits the workers report.
         evaluation: how the workers score candidates.
         ray_settings: CPUs and GPUs per trial.
     """
     bound = tune.with_parameters(
-        evaluate_candidate, run_dir=str(run_dir), evaluation=evaluation, objectives=tuple(settings.objectives),
+        evaluate_candidate, run_dir=str(run.path), evaluation=evaluation, objectives=tuple(settings.objectives),
         limits=settings.limits,
     )
     return tune.with_resources(bound, {"cpu": ray_settings.cpus_per_trial, "gpu": ray_settings.gpus_per_trial})

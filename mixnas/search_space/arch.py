@@ -38,11 +38,11 @@ from mixnas.search_space._fields import (
     read_int,
     read_list,
 )
+from mixnas.search_space.geometry import GEOMETRY_KEYS, Geometry
 from mixnas.search_space.preprocessing import Preprocessing, read_preprocessing
 from mixnas.search_space.registry import MixerSpec, get_mixer, mixer_names
 
 FFN_TYPES = ["mlp", "local"]
-LAYOUTS = ["hierarchical", "isotropic"]
 LAYER_NORM_EPS = (1e-5, 1e-6)  # Swin and DWNet use 1e-5; DeiT, LocalViT, Refiner and DGE 1e-6
 
 
@@ -193,10 +193,7 @@ class StageConfig:
 
 
 STAGE_KEYS = {"depth", "dim", "heads", "mlp_ratio", "ffn", "mixer"}
-TOP_KEYS = {
-    "name", "input_size", "in_chans", "num_classes", "patch_size", "layout",
-    "pos_embed", "stem_norm", "drop_path_rate", "layer_norm_eps", "stages", "preprocessing",
-}
+TOP_KEYS = {"name", *GEOMETRY_KEYS, "stages", "preprocessing"}
 
 
 def stage_resolutions(input_size: int, patch_size: int, layout: str, num_stages: int) -> list[int]:
@@ -256,37 +253,19 @@ def parse_stage(d: Any, path: str) -> StageConfig:
     )
 
 
-@dataclass(frozen=True)
-class ArchConfig:
-    """One architecture: stem, stages, head.
+@dataclass(frozen=True, kw_only=True)
+class ArchConfig(Geometry):
+    """One architecture: stem, stages, head. Every argument is a keyword.
 
     Args:
-        input_size: image side in pixels (square inputs).
-        num_classes: classifier outputs.
-        patch_size: the stem is a conv with kernel = stride = patch_size.
-        layout: ``hierarchical`` (Swin-like, a patch merging between stages) or ``isotropic`` (one stage).
+        input_size, num_classes, ...: the image, stem and head: every field of ``Geometry``.
         stages: the stages, first to last.
-        in_chans: input channels.
-        pos_embed: a learned absolute position embedding added after the stem (DeiT).
-        stem_norm: a LayerNorm after the stem conv (Swin has it, DeiT does not).
-        drop_path_rate: stochastic depth at the last block; rises linearly from 0 over the blocks.
-        layer_norm_eps: epsilon of every LayerNorm: 1e-5 (Swin, DWNet; the default) or 1e-6 (DeiT,
-            LocalViT, Refiner, DGE).
         name: a label; not part of the architecture's identity (``arch_id``).
         preprocessing: how the inputs of its trained weights are normalised and resized (exported
             architectures record their dataset's); a label like ``name``, not part of ``arch_id``.
     """
 
-    input_size: int
-    num_classes: int
-    patch_size: int
-    layout: str
     stages: tuple[StageConfig, ...]
-    in_chans: int = 3
-    pos_embed: bool = False
-    stem_norm: bool = True
-    drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-5
     name: str | None = field(default=None, compare=False)
     preprocessing: Preprocessing | None = field(default=None, compare=False)
 
@@ -298,26 +277,13 @@ class ArchConfig:
         try:
             check_keys(d, TOP_KEYS, "config")
             stages_raw = read_list(d, "stages", "")
-            layout = read_choice(d, "layout", "", LAYOUTS, "hierarchical")
-            input_size = read_int(d, "input_size", "")
-            patch_size = read_int(d, "patch_size", "", 4)
+            geometry = cls._read_geometry(d)
             stages = tuple(parse_stage(s, f"stages[{i}]") for i, s in enumerate(stages_raw))
             name = d.get("name")
             if name is not None and not isinstance(name, str):
                 raise ConfigError(f"name: expected a string, got {name!r}")
             arch = cls(
-                input_size=input_size,
-                num_classes=read_int(d, "num_classes", ""),
-                patch_size=patch_size,
-                layout=layout,
-                stages=stages,
-                in_chans=read_int(d, "in_chans", "", 3),
-                pos_embed=read_bool(d, "pos_embed", "", False),
-                stem_norm=read_bool(d, "stem_norm", "", True),
-                drop_path_rate=read_float(d, "drop_path_rate", "", 0.0, low=0.0, high=0.99),
-                layer_norm_eps=read_float(d, "layer_norm_eps", "", 1e-5, low=0.0, high=0.1, low_open=True),
-                name=name,
-                preprocessing=read_preprocessing(d, "preprocessing", ""),
+                **geometry, stages=stages, name=name, preprocessing=read_preprocessing(d, "preprocessing", ""),
             )
             arch.validate()
         except ConfigError as e:
@@ -352,18 +318,7 @@ class ArchConfig:
         out: dict[str, Any] = {}
         if with_name and self.name is not None:
             out["name"] = self.name
-        out.update(
-            input_size=self.input_size,
-            in_chans=self.in_chans,
-            num_classes=self.num_classes,
-            patch_size=self.patch_size,
-            layout=self.layout,
-            pos_embed=self.pos_embed,
-            stem_norm=self.stem_norm,
-            drop_path_rate=self.drop_path_rate,
-            layer_norm_eps=self.layer_norm_eps,
-            stages=[s.to_dict() for s in self.stages],
-        )
+        out.update(self._geometry_to_dict(), stages=[s.to_dict() for s in self.stages])
         if with_name and self.preprocessing is not None:
             out["preprocessing"] = self.preprocessing.to_dict()
         return out

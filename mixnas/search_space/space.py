@@ -41,14 +41,10 @@ from mixnas.search_space._fields import (
     as_float,
     as_int,
     check_keys,
-    read_bool,
-    read_choice,
-    read_float,
     read_int,
     read_list,
 )
 from mixnas.search_space.arch import (
-    LAYOUTS,
     ArchConfig,
     FFNConfig,
     MixerConfig,
@@ -57,6 +53,7 @@ from mixnas.search_space.arch import (
     check_geometry,
     check_stage,
 )
+from mixnas.search_space.geometry import FIXED_GEOMETRY, GEOMETRY_KEYS, Geometry, geometry_field
 from mixnas.search_space.registry import MixerSpec, get_mixer, mixer_names
 
 Rng = random.Random | np.random.Generator | int | None
@@ -188,29 +185,25 @@ def _as_random(rng: Rng) -> random.Random:
     return random.Random(rng)
 
 
-@dataclass(frozen=True)
-class SearchSpace:
-    """Choices per stage over a fixed stem, input size and head.
+def _read_num_classes(d: Mapping, key: str, path: str) -> int | None:
+    return None if d.get(key) == "auto" else read_int(d, key, path)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchSpace(Geometry):
+    """Choices per stage over a fixed stem, input size and head. Every argument is a keyword.
 
     Args:
-        input_size, patch_size, layout, in_chans, pos_embed, stem_norm, drop_path_rate, layer_norm_eps:
-            as in ArchConfig; fixed for the whole space.
+        input_size, patch_size, ...: the image, stem and head: every field of ``Geometry``, fixed for the
+            whole space.
         num_classes: the classifier's outputs, or None for ``num_classes: auto`` (the dataset decides:
             ``with_num_classes``; supernet training resolves it and stores the resolved space).
         stages: each stage's allowed values.
         name: a label.
     """
 
-    input_size: int
-    num_classes: int | None
-    patch_size: int
-    layout: str
+    num_classes: int | None = geometry_field(_read_num_classes, write=lambda n: "auto" if n is None else n)
     stages: tuple[StageChoices, ...]
-    in_chans: int = 3
-    pos_embed: bool = False
-    stem_norm: bool = True
-    drop_path_rate: float = 0.0
-    layer_norm_eps: float = 1e-5
     name: str | None = None
 
     # ----------------------------------------------------------------------------------------- parsing
@@ -218,22 +211,12 @@ class SearchSpace:
     def from_dict(cls, d: Any, source: str | None = None) -> SearchSpace:
         prefix = f"{source}: " if source else ""
         try:
-            check_keys(d, {
-                "name", "input_size", "in_chans", "num_classes", "patch_size", "layout",
-                "pos_embed", "stem_norm", "drop_path_rate", "layer_norm_eps", "stages",
-            }, "space")
+            check_keys(d, {"name", *GEOMETRY_KEYS, "stages"}, "space")
             stages_raw = read_list(d, "stages", "")
+            geometry = cls._read_geometry(d)
             space = cls(
-                input_size=read_int(d, "input_size", ""),
-                num_classes=None if d.get("num_classes") == "auto" else read_int(d, "num_classes", ""),
-                patch_size=read_int(d, "patch_size", "", 4),
-                layout=read_choice(d, "layout", "", LAYOUTS, "hierarchical"),
+                **geometry,
                 stages=tuple(_parse_stage_choices(s, f"stages[{i}]") for i, s in enumerate(stages_raw)),
-                in_chans=read_int(d, "in_chans", "", 3),
-                pos_embed=read_bool(d, "pos_embed", "", False),
-                stem_norm=read_bool(d, "stem_norm", "", True),
-                drop_path_rate=read_float(d, "drop_path_rate", "", 0.0, low=0.0, high=0.99),
-                layer_norm_eps=read_float(d, "layer_norm_eps", "", 1e-5, low=0.0, high=0.1, low_open=True),
                 name=d.get("name") if isinstance(d.get("name"), str) else None,
             )
             space.validate()
@@ -256,12 +239,7 @@ class SearchSpace:
             )
             for s in arch.stages
         )
-        return cls(
-            input_size=arch.input_size, num_classes=arch.num_classes, patch_size=arch.patch_size,
-            layout=arch.layout, stages=stages, in_chans=arch.in_chans, pos_embed=arch.pos_embed,
-            stem_norm=arch.stem_norm, drop_path_rate=arch.drop_path_rate, layer_norm_eps=arch.layer_norm_eps,
-            name=arch.name,
-        )
+        return cls(**arch.geometry(), stages=stages, name=arch.name)
 
     @property
     def num_classes_auto(self) -> bool:
@@ -311,13 +289,7 @@ class SearchSpace:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name} if self.name else {}
-        out.update(
-            input_size=self.input_size, in_chans=self.in_chans,
-            num_classes="auto" if self.num_classes is None else self.num_classes,
-            patch_size=self.patch_size, layout=self.layout, pos_embed=self.pos_embed,
-            stem_norm=self.stem_norm, drop_path_rate=self.drop_path_rate, layer_norm_eps=self.layer_norm_eps,
-            stages=[s.to_dict() for s in self.stages],
-        )
+        out.update(self._geometry_to_dict(), stages=[s.to_dict() for s in self.stages])
         return out
 
     def to_yaml(self, path: str | Path | None = None) -> str:
@@ -337,12 +309,7 @@ class SearchSpace:
                 "num_classes: 'auto' takes the count from the dataset; resolve it first "
                 "(space.with_num_classes(n); mixnas supernet train does it)"
             )
-        return ArchConfig(
-            input_size=self.input_size, num_classes=self.num_classes, patch_size=self.patch_size,
-            layout=self.layout, stages=tuple(stages), in_chans=self.in_chans, pos_embed=self.pos_embed,
-            stem_norm=self.stem_norm, drop_path_rate=self.drop_path_rate, layer_norm_eps=self.layer_norm_eps,
-            name=name,
-        )
+        return ArchConfig(**self.geometry(), stages=tuple(stages), name=name)
 
     def sample(self, rng: Rng = None, mixers: Sequence[str] | None = None) -> ArchConfig:
         """A uniformly random mixer type per stage (or the given one per stage), then uniform values for
@@ -391,9 +358,7 @@ class SearchSpace:
 
     def why_not(self, arch: ArchConfig) -> str | None:
         """None when ``arch`` is in the space, otherwise the first field that is outside it."""
-        fixed = ("input_size", "num_classes", "patch_size", "layout", "in_chans", "pos_embed", "stem_norm",
-                 "layer_norm_eps")
-        for f in fixed:
+        for f in FIXED_GEOMETRY:
             if getattr(arch, f) != getattr(self, f):
                 return f"{f}: {getattr(arch, f)!r} is not the space's {getattr(self, f)!r}"
         if len(arch.stages) != len(self.stages):

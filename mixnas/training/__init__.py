@@ -6,6 +6,7 @@ from mixnas.training._loop import (
     WARMUP_EPOCHS,
     WEIGHT_DECAY,
     DistributedContext,
+    FitHooks,
     Schedule,
     StepInfo,
     StepResult,
@@ -30,7 +31,8 @@ from mixnas.training.supernet import (
 
 __all__ = [
     "CLIP_GRAD", "LABEL_SMOOTHING", "WARMUP_EPOCHS", "WEIGHT_DECAY",
-    "DistributedContext", "SandwichLoss", "Schedule", "StandaloneConfig", "StepInfo", "StepResult", "TrainConfig",
+    "DistributedContext", "FitHooks", "SandwichLoss", "Schedule", "StandaloneConfig", "StepInfo", "StepResult",
+    "TrainConfig",
     "batchnorm_layers", "check_out_dir", "epoch_seed", "evaluate_accuracy", "fit", "limit_batches",
     "prepare_run_dir", "read_config", "read_preprocessing",
     "read_space", "recalibrate_batchnorm", "resolve_num_classes",

@@ -4,7 +4,7 @@ It owns what the three share: AdamW and warm-up + cosine decay from timm's facto
 run directory's checkpoint, the seed rule, the epoch's data order, gradient clipping, bf16 autocast on a
 GPU, the progress bar, and after each epoch an atomic checkpoint, the weights and the metrics CSV. What a
 step computes (the sandwich of architectures, or one network's loss) and what an epoch reports (validation
-accuracies) are the caller's, passed in as functions.
+accuracies) are the caller's, passed in as functions: the step, and the epoch's hooks (``FitHooks``).
 
 Resuming: everything random in an epoch (data order, augmentation, architecture samples, drop-path,
 Gumbel noise) is seeded from ``epoch_seed(seed, epoch)``, and the checkpoint is written atomically after
@@ -29,7 +29,7 @@ import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from torch import Tensor, nn
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from mixnas.atomic import atomic_write_text
@@ -143,6 +143,28 @@ def steps_per_epoch(train_set: Dataset, schedule: Schedule, data: str, sampler: 
     return steps
 
 
+@dataclass(frozen=True)
+class FitHooks:
+    """What a caller adds to ``fit``'s epochs; every field is optional.
+
+    Args:
+        prepare: called once, right before the first epoch this call trains: everything that can refuse
+            (the batch size, the checkpoint) has been checked, so files written here are never half a run.
+        end_of_epoch: metrics for the epoch's row (validation), called on the main process after training it.
+        describe: the line printed after each epoch (with ``progress``).
+        columns: the metrics CSV's columns (default: those of the epoch's row).
+        weights_metadata: safetensors metadata of the weights saved after epoch n.
+        stop_after_epoch: stop once this epoch is done (tests use it to simulate an interruption).
+    """
+
+    prepare: Callable[[], None] | None = None
+    end_of_epoch: Callable[[int], dict[str, Any]] | None = None
+    describe: Callable[[dict[str, Any]], str] | None = None
+    columns: list[str] | None = None
+    weights_metadata: Callable[[int], dict[str, str]] | None = None
+    stop_after_epoch: int | None = None
+
+
 def fit(
     model: nn.Module,
     step: Callable[[Tensor, Tensor, StepInfo], StepResult],
@@ -151,17 +173,11 @@ def fit(
     device: torch.device,
     *,
     run: RunDir | None = None,
+    hooks: FitHooks | None = None,
     data: str = "the dataset",
-    end_of_epoch: Callable[[int], dict[str, Any]] | None = None,
-    columns: list[str] | None = None,
-    describe: Callable[[dict[str, Any]], str] | None = None,
-    prepare: Callable[[], None] | None = None,
-    weights_metadata: Callable[[int], dict[str, str]] | None = None,
     progress: bool = True,
     desc: str = "train",
-    stop_after_epoch: int | None = None,
     distributed: DistributedContext | None = None,
-    sampler: Any = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` (or resume its training from ``run``); returns the per-epoch metrics.
 
@@ -173,73 +189,100 @@ def fit(
         device: where training runs (bf16 autocast on CUDA).
         run: saves a checkpoint, the weights and the metrics CSV after each epoch, and resumes from its
             checkpoint; None trains in memory (candidate fine-tuning).
+        hooks: the caller's part of each epoch (``FitHooks``); None adds nothing.
         data: the dataset's name, for errors.
-        end_of_epoch: metrics for the epoch's row (validation), called on the main process after training it.
-        columns: the metrics CSV's columns.
-        describe: the line printed after each epoch (with ``progress``).
-        prepare: called once, right before the first epoch this call trains: everything that can refuse
-            (the batch size, the checkpoint) has been checked, so files written here are never half a run.
-        weights_metadata: safetensors metadata of the weights saved after epoch n.
         progress: a progress bar and the per-epoch lines.
         desc: the progress bar's label.
-        stop_after_epoch: stop once this epoch is done (tests use it to simulate an interruption).
-        distributed: rank and world size under torchrun; only rank 0 saves and prints.
-        sampler: a DistributedSampler over ``train_set`` under torchrun.
+        distributed: rank and world size under torchrun; only rank 0 saves and prints, and each rank trains
+            on its share of ``train_set`` (a ``DistributedSampler`` seeded by ``schedule.seed``).
 
     Raises:
         ConfigError: the batch is larger than the training set.
         CheckpointError: the run's checkpoint is corrupt or belongs to another network.
     """
-    from mixnas.data import make_loader
-
-    ctx = distributed or DistributedContext()
-    steps = steps_per_epoch(train_set, schedule, data, sampler)
-    optimizer = create_optimizer_v2(model, opt="adamw", lr=schedule.lr, weight_decay=schedule.weight_decay)
-    scheduler, _ = create_scheduler_v2(
-        optimizer, sched="cosine", num_epochs=schedule.epochs, warmup_epochs=math.ceil(schedule.warmup_epochs),
-        warmup_lr=schedule.lr * schedule.warmup_lr_ratio, min_lr=schedule.lr * schedule.min_lr_ratio,
-        step_on_epochs=False, updates_per_epoch=steps,
-    )
-    start_epoch, history = 0, []
-    if run is not None and run.checkpoint.exists():
-        state = load_state(run.checkpoint)
-        try:
-            check_state_fits(model, state["model"], run.checkpoint)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            start_epoch, history = int(state["epoch"]), list(state["history"])
-        except KeyError as e:
-            raise CheckpointError(f"{run.checkpoint}: not a mixnas {run.kind} checkpoint (no {e.args[0]!r})") from None
+    hooks = hooks or FitHooks()
+    loop = _Loop(model, step, train_set, schedule, device, distributed or DistributedContext(), data)
+    start_epoch, history = loop.resume(run)
     if start_epoch >= schedule.epochs:
-        if ctx.is_main and progress and run is not None:
+        if loop.ctx.is_main and progress and run is not None:
             print(f"{run.path}: already trained for {start_epoch} epochs (asked for {schedule.epochs}); nothing to do")
         return history
-    if prepare is not None:
-        prepare()
-
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    if hooks.prepare is not None:
+        hooks.prepare()
     for epoch in range(start_epoch, schedule.epochs):
+        row = loop.train_epoch(epoch, progress, desc)
+        loop.end_epoch(epoch, row, history, run, hooks, progress)
+        if hooks.stop_after_epoch is not None and epoch + 1 >= hooks.stop_after_epoch:
+            break
+    return history
+
+
+class _Loop:
+    """The state of one ``fit`` call: the model with its optimiser and learning-rate schedule, the steps of an
+    epoch, and each rank's share of the data under torchrun. ``fit`` drives it epoch by epoch."""
+
+    def __init__(self, model: nn.Module, step: Callable[[Tensor, Tensor, StepInfo], StepResult],
+                 train_set: Dataset, schedule: Schedule, device: torch.device, ctx: DistributedContext,
+                 data: str) -> None:
+        self.model, self.step, self.train_set, self.schedule = model, step, train_set, schedule
+        self.device, self.ctx = device, ctx
+        self.sampler = (
+            DistributedSampler(train_set, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True,
+                               seed=schedule.seed, drop_last=True)
+            if ctx.world_size > 1 else None
+        )
+        self.steps = steps_per_epoch(train_set, schedule, data, self.sampler)
+        self.optimizer = create_optimizer_v2(model, opt="adamw", lr=schedule.lr, weight_decay=schedule.weight_decay)
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched="cosine", num_epochs=schedule.epochs,
+            warmup_epochs=math.ceil(schedule.warmup_epochs), warmup_lr=schedule.lr * schedule.warmup_lr_ratio,
+            min_lr=schedule.lr * schedule.min_lr_ratio, step_on_epochs=False, updates_per_epoch=self.steps,
+        )
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+                         else contextlib.nullcontext())
+
+    def resume(self, run: RunDir | None) -> tuple[int, list[dict[str, Any]]]:
+        """The first epoch to train and the rows of those before it: from the run's checkpoint (its model and
+        optimiser states loaded), or (0, []) when there is none."""
+        if run is None or not run.checkpoint.exists():
+            return 0, []
+        state = load_state(run.checkpoint)
+        try:
+            check_state_fits(self.model, state["model"], run.checkpoint)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            return int(state["epoch"]), list(state["history"])
+        except KeyError as e:
+            raise CheckpointError(f"{run.checkpoint}: not a mixnas {run.kind} checkpoint (no {e.args[0]!r})") from None
+
+    def train_epoch(self, epoch: int, progress: bool, desc: str) -> dict[str, Any]:
+        """Train epoch ``epoch`` (0-based), everything random in it seeded by ``epoch_seed``; returns its row:
+        epoch (1-based), train loss, train top-1 (%) when the step counts correct predictions, the last
+        learning rate, images per second over all ranks, seconds."""
+        from mixnas.data import make_loader
+
+        schedule, steps, ctx = self.schedule, self.steps, self.ctx
         seed = epoch_seed(schedule.seed, epoch)
         torch.manual_seed(seed)
         rng = random.Random(seed)
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        loader = make_loader(train_set, schedule.batch_size, shuffle=sampler is None, seed=seed,
-                             num_workers=schedule.workers, drop_last=True, sampler=sampler)
-        model.train()
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        loader = make_loader(self.train_set, schedule.batch_size, shuffle=self.sampler is None, seed=seed,
+                             num_workers=schedule.workers, drop_last=True, sampler=self.sampler)
+        self.model.train()
         t0, seen, correct, counted, loss_sum = time.perf_counter(), 0, 0, 0, 0.0
         bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{schedule.epochs}", unit="step",
                    disable=not (progress and ctx.is_main), leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(limit_batches(loader, steps)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                result = step(x, y, StepInfo(epoch, epoch * steps + i, rng))
-            optimizer.zero_grad(set_to_none=True)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.autocast:
+                result = self.step(x, y, StepInfo(epoch, epoch * steps + i, rng))
+            self.optimizer.zero_grad(set_to_none=True)
             result.loss.backward()
             if schedule.clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), schedule.clip_grad)
-            optimizer.step()
-            scheduler.step_update(epoch * steps + i + 1)
+                nn.utils.clip_grad_norm_(self.model.parameters(), schedule.clip_grad)
+            self.optimizer.step()
+            self.scheduler.step_update(epoch * steps + i + 1)
             seen += x.shape[0] * ctx.world_size
             if result.correct is not None:
                 correct, counted = correct + result.correct, counted + x.shape[0]
@@ -252,30 +295,39 @@ def fit(
         row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": round(loss_sum / steps, 5)}
         if counted:
             row["train_acc"] = round(100.0 * correct / counted, 3)
-        row.update(lr=optimizer.param_groups[0]["lr"], images_per_s=round(seen / seconds, 1),
+        row.update(lr=self.optimizer.param_groups[0]["lr"], images_per_s=round(seen / seconds, 1),
                    epoch_seconds=round(seconds, 2))
-        if ctx.is_main:
-            if end_of_epoch is not None:
-                row.update(end_of_epoch(epoch))
+        return row
+
+    def end_epoch(self, epoch: int, row: dict[str, Any], history: list[dict[str, Any]], run: RunDir | None,
+                  hooks: FitHooks, progress: bool) -> None:
+        """The epoch's bookkeeping: on the main process the caller's metrics join ``row``, which joins
+        ``history``, the run's files are saved and the epoch's line printed; then every rank waits for the
+        others."""
+        if self.ctx.is_main:
+            if hooks.end_of_epoch is not None:
+                row.update(hooks.end_of_epoch(epoch))
             history.append(row)
             if run is not None:
-                save_state(run.checkpoint, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "epoch": epoch + 1, "history": history})
-                meta = weights_metadata(epoch + 1) if weights_metadata else {"epoch": str(epoch + 1)}
-                save_weights(model, run.weights, meta)
-                write_metrics_csv(run.metrics, columns or list(row), history)
-            if progress and describe is not None:
-                print(describe(row), flush=True)
+                self.save(run, epoch + 1, history, hooks)
+            if progress and hooks.describe is not None:
+                print(hooks.describe(row), flush=True)
         else:
             history.append(row)
-        if ctx.world_size > 1:
+        if self.ctx.world_size > 1:
             dist.barrier()
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
-            break
-    return history
+
+    def save(self, run: RunDir, epochs: int, history: list[dict[str, Any]], hooks: FitHooks) -> None:
+        """The run's files after ``epochs`` epochs: the checkpoint, the weights, then the metrics CSV, each
+        written atomically (the CSV last: once it lists an epoch, that epoch's checkpoint is whole)."""
+        save_state(run.checkpoint, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                    "epoch": epochs, "history": history})
+        meta = hooks.weights_metadata(epochs) if hooks.weights_metadata else {"epoch": str(epochs)}
+        save_weights(self.model, run.weights, meta)
+        write_metrics_csv(run.metrics, hooks.columns or list(history[-1]), history)
 
 
 __all__ = [
-    "DistributedContext", "Schedule", "StepInfo", "StepResult", "epoch_seed", "fit", "limit_batches",
+    "DistributedContext", "FitHooks", "Schedule", "StepInfo", "StepResult", "epoch_seed", "fit", "limit_batches",
     "steps_per_epoch", "write_metrics_csv",
 ]

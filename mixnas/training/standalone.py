@@ -35,6 +35,7 @@ from mixnas.training._loop import (
     LABEL_SMOOTHING,
     WARMUP_EPOCHS,
     WEIGHT_DECAY,
+    FitHooks,
     Schedule,
     StepInfo,
     StepResult,
@@ -117,18 +118,18 @@ def _first_difference(stored: Any, given: Any, path: str = "") -> str | None:
     return None
 
 
-def read_config(out_dir: str | Path) -> StandaloneConfig:
+def read_config(out_dir: RunDir | str | Path) -> StandaloneConfig:
     """The settings an output directory was trained with."""
-    return RunDir(out_dir, "training").read_settings(StandaloneConfig)
+    return RunDir.of(out_dir, "training").read_settings(StandaloneConfig)
 
 
-def check_out_dir(out_dir: str | Path, arch: ArchConfig, config: StandaloneConfig) -> None:
+def check_out_dir(out_dir: RunDir | str | Path, arch: ArchConfig, config: StandaloneConfig) -> None:
     """Refuse an existing output directory trained on another architecture or with other settings.
 
     Raises:
         CheckpointError: naming the file and the first field that differs.
     """
-    run = RunDir(out_dir, "training")
+    run = RunDir.of(out_dir, "training")
     if not run.arch_file.exists():
         if run.checkpoint.exists():
             raise CheckpointError(
@@ -149,8 +150,8 @@ def check_out_dir(out_dir: str | Path, arch: ArchConfig, config: StandaloneConfi
 
 
 def train_architecture(
-    arch: ArchConfig, out_dir: str | Path, config: StandaloneConfig, device: str = "auto", progress: bool = True,
-    stop_after_epoch: int | None = None,
+    arch: ArchConfig, out_dir: RunDir | str | Path, config: StandaloneConfig, device: str = "auto",
+    progress: bool = True, stop_after_epoch: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train (or resume training) ``build_model(arch)`` into ``out_dir``; returns the per-epoch metrics.
 
@@ -159,7 +160,8 @@ def train_architecture(
 
     Args:
         arch: the architecture.
-        out_dir: where the architecture, config, checkpoint, weights and metrics live.
+        out_dir: where the architecture, config, checkpoint, weights and metrics live (a ``RunDir`` of kind
+            ``training``, or its path).
         config: the training settings.
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: show a progress bar and a line per epoch.
@@ -173,10 +175,10 @@ def train_architecture(
     """
     from mixnas.data import load_dataset, make_loader
 
-    run = RunDir(out_dir, "training")
+    run = RunDir.of(out_dir, "training")
     arch.validate()
     dev = resolve_device(device)
-    check_out_dir(run.path, arch, config)
+    check_out_dir(run, arch, config)
     bundle = load_dataset(config.data, arch.input_size, seed=config.data_seed)
     if bundle.num_classes != arch.num_classes:
         raise ConfigError(
@@ -204,7 +206,7 @@ def train_architecture(
 
     def prepare() -> None:
         run.path.mkdir(parents=True, exist_ok=True)
-        lock.enter_context(drive(run.path, "train"))  # refuses while another process trains here
+        lock.enter_context(drive(run, "train"))  # refuses while another process trains here
         if not run.arch_file.exists():  # with its data's preprocessing, so the trained model loads in timm
             arch.with_preprocessing(bundle.preprocessing).to_yaml(run.arch_file)
         run.write_settings(config)
@@ -214,14 +216,14 @@ def train_architecture(
                 f"{row['train_acc']:.2f}%, val top-1 {row['val_acc']:.2f}%, {row['images_per_s']:.0f} img/s "
                 f"({row['epoch_seconds']:.0f}s)")
 
+    hooks = FitHooks(
+        prepare=prepare, end_of_epoch=lambda epoch: {"val_acc": round(evaluate_accuracy(model, val_loader, dev), 3)},
+        describe=describe, columns=METRIC_COLUMNS, stop_after_epoch=stop_after_epoch,
+        weights_metadata=lambda epoch: {"epoch": str(epoch), "arch_id": arch.arch_id},
+    )
     with lock:
-        return fit(
-            model, step, bundle.train, config.schedule(), dev, run=run, data=config.data,
-            end_of_epoch=lambda epoch: {"val_acc": round(evaluate_accuracy(model, val_loader, dev), 3)},
-            columns=METRIC_COLUMNS, describe=describe, prepare=prepare, progress=progress,
-            desc=arch.name or "train", weights_metadata=lambda epoch: {"epoch": str(epoch), "arch_id": arch.arch_id},
-            stop_after_epoch=stop_after_epoch,
-        )
+        return fit(model, step, bundle.train, config.schedule(), dev, run=run, hooks=hooks, data=config.data,
+                   progress=progress, desc=arch.name or "train")
 
 
 __all__ = ["METRIC_COLUMNS", "StandaloneConfig", "check_out_dir", "read_config", "train_architecture"]

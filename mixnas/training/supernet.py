@@ -40,6 +40,7 @@ from mixnas.training._loop import (
     WARMUP_EPOCHS,
     WEIGHT_DECAY,
     DistributedContext,
+    FitHooks,
     Schedule,
     StepInfo,
     StepResult,
@@ -232,17 +233,16 @@ def fair_archs(space: SearchSpace, rng: random.Random) -> list[ArchConfig]:
 
 
 # ---------------------------------------------------------------------------------------- run files
-def read_space(run_dir: str | Path | RunDir) -> SearchSpace:
+def read_space(run_dir: RunDir | str | Path) -> SearchSpace:
     """The search space a run directory was trained on."""
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = RunDir.of(run_dir)
     if not run.space_file.is_file():
         raise CheckpointError(f"{run.path}: not a supernet run directory (no {RunDir.SPACE}); train one first")
     return SearchSpace.from_yaml(run.space_file)
 
 
-def read_config(run_dir: str | Path | RunDir) -> TrainConfig:
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    return run.read_settings(TrainConfig)
+def read_config(run_dir: RunDir | str | Path) -> TrainConfig:
+    return RunDir.of(run_dir).read_settings(TrainConfig)
 
 
 def check_run_dir(run: RunDir, space: SearchSpace, config: TrainConfig) -> None:
@@ -256,11 +256,11 @@ def check_run_dir(run: RunDir, space: SearchSpace, config: TrainConfig) -> None:
         run.check_settings(config)
 
 
-def prepare_run_dir(run_dir: str | Path, space: SearchSpace, config: TrainConfig,
+def prepare_run_dir(run_dir: RunDir | str | Path, space: SearchSpace, config: TrainConfig,
                     preprocessing: Preprocessing | None = None) -> None:
     """Create a run directory, or check that an existing one was started with the same space and config;
     records the data's ``preprocessing`` (exported architectures carry it)."""
-    run = RunDir(run_dir)
+    run = RunDir.of(run_dir)
     check_run_dir(run, space, config)
     run.path.mkdir(parents=True, exist_ok=True)
     if not run.space_file.exists():
@@ -270,12 +270,12 @@ def prepare_run_dir(run_dir: str | Path, space: SearchSpace, config: TrainConfig
         atomic_write_text(run.preprocessing_file, json.dumps(preprocessing.to_dict(), indent=2) + "\n")
 
 
-def read_preprocessing(run_dir: str | Path | RunDir) -> Preprocessing:
+def read_preprocessing(run_dir: RunDir | str | Path) -> Preprocessing:
     """The preprocessing of the data a supernet run trained on: its record, or (a run from before records
     were kept) the dataset's, which loading the dataset recomputes."""
     from mixnas.data import load_dataset
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    run = RunDir.of(run_dir)
     path = run.preprocessing_file
     if path.is_file():
         try:
@@ -310,7 +310,7 @@ def resolve_num_classes(space: SearchSpace, num_classes: int, data: str, overrid
 
 # -------------------------------------------------------------------------------------- the trainer
 def train_supernet(
-    space: SearchSpace, run_dir: str | Path, config: TrainConfig, device: str = "auto", progress: bool = True,
+    space: SearchSpace, run_dir: RunDir | str | Path, config: TrainConfig, device: str = "auto", progress: bool = True,
     stop_after_epoch: int | None = None, num_classes: int | None = None, init_weights: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Train (or resume training) a supernet into ``run_dir``; returns the per-epoch metrics.
@@ -320,7 +320,7 @@ def train_supernet(
 
     Args:
         space: the search space (``num_classes: auto`` takes the dataset's class count).
-        run_dir: where the space, config, checkpoints and metrics live.
+        run_dir: where the space, config, checkpoints and metrics live (a ``RunDir`` or its path).
         config: the training settings.
         device: ``auto``, ``cpu`` or ``cuda`` (the local GPU under torchrun).
         progress: show a progress bar and a line per epoch.
@@ -331,19 +331,19 @@ def train_supernet(
             supernet over a narrower space, such as a few-shot split's, starts from its parent's). Ignored
             once this run has a checkpoint: a resumed run continues from its own.
     """
+    run = RunDir.of(run_dir)
     dev = resolve_device(device)
     with distributed_session(dev) as ctx:
-        return _train_supernet(ctx, dev, space, run_dir, config, progress, stop_after_epoch, num_classes,
+        return _train_supernet(ctx, dev, space, run, config, progress, stop_after_epoch, num_classes,
                                init_weights)
 
 
 def _train_supernet(
-    ctx: DistributedContext, dev: torch.device, space: SearchSpace, run_dir: str | Path, config: TrainConfig,
+    ctx: DistributedContext, dev: torch.device, space: SearchSpace, run: RunDir, config: TrainConfig,
     progress: bool, stop_after_epoch: int | None, num_classes: int | None, init_weights: str | Path | None,
 ) -> list[dict[str, Any]]:
     from mixnas.data import load_dataset, make_loader
 
-    run = RunDir(run_dir)
     if dev.type == "cuda" and ctx.world_size > 1:
         dev = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(dev)
@@ -356,18 +356,14 @@ def _train_supernet(
     supernet = Supernet(space)
     if init_weights is not None and not run.checkpoint.exists():
         source = Path(init_weights)
-        load_weights(supernet, RunDir(source).weights if source.is_dir() else source, subset=True)
+        load_weights(supernet, RunDir.of(source).weights if source.is_dir() else source, subset=True)
     supernet = supernet.to(dev)
     sandwich = SandwichLoss(supernet, config.label_smoothing, config.distill, config.budget_weight,
                             config.distill_min_teacher_acc)
     step_module: nn.Module = sandwich
-    sampler = None
-    if ctx.world_size > 1:
+    if ctx.world_size > 1:  # fit gives each rank its share of the training set
         step_module = nn.parallel.DistributedDataParallel(
             sandwich, device_ids=[dev.index] if dev.type == "cuda" else None, find_unused_parameters=True
-        )
-        sampler = torch.utils.data.distributed.DistributedSampler(
-            bundle.train, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=config.seed, drop_last=True
         )
     val_loader = make_loader(bundle.val, 256, shuffle=False)
 
@@ -390,8 +386,8 @@ def _train_supernet(
     def prepare() -> None:
         if ctx.is_main:
             run.path.mkdir(parents=True, exist_ok=True)
-            lock.enter_context(drive(run.path, "supernet train"))  # refuses while another process trains here
-            prepare_run_dir(run.path, space, config, bundle.preprocessing)
+            lock.enter_context(drive(run, "supernet train"))  # refuses while another process trains here
+            prepare_run_dir(run, space, config, bundle.preprocessing)
         if ctx.world_size > 1:
             dist.barrier()
 
@@ -400,12 +396,11 @@ def _train_supernet(
                 f"val top-1 largest {row['val_acc_largest']:.2f}%, smallest {row['val_acc_smallest']:.2f}% "
                 f"({row['epoch_seconds']:.0f}s)")
 
+    hooks = FitHooks(prepare=prepare, end_of_epoch=end_of_epoch, describe=describe, columns=METRIC_COLUMNS,
+                     stop_after_epoch=stop_after_epoch)
     with lock:
-        history = fit(
-            supernet, step, bundle.train, config.schedule(), dev, run=run, data=config.data,
-            end_of_epoch=end_of_epoch, columns=METRIC_COLUMNS, describe=describe, prepare=prepare,
-            progress=progress, desc="supernet", stop_after_epoch=stop_after_epoch, distributed=ctx, sampler=sampler,
-        )
+        history = fit(supernet, step, bundle.train, config.schedule(), dev, run=run, hooks=hooks, data=config.data,
+                      progress=progress, desc="supernet", distributed=ctx)
     if ctx.world_size > 1:
         check_ranks_in_sync(supernet, run, ctx)
     return history

@@ -73,3 +73,36 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
         return runs[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def reference_model() -> Callable[[str], torch.nn.Module]:
+    """``reference_model(name)``: the shipped reference network at full size, built once per session (about a
+    second each at ImageNet widths); tests read it and must not change it (its weights, its mode)."""
+    from mixnas import build_model
+    from mixnas.packaged import load_arch
+
+    built: dict[str, torch.nn.Module] = {}
+
+    def get(name: str) -> torch.nn.Module:
+        if name not in built:
+            built[name] = build_model(load_arch(name)).eval()
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_run(trained_run: TrainedRun) -> Path:
+    """The supernet of ``tests.tiny.TINY_SPACE``, trained once per session (copy it before changing it)."""
+    from tests.tiny import TINY_SPACE, TINY_TRAINING
+
+    return trained_run(TINY_SPACE, **TINY_TRAINING)
+
+
+@pytest.fixture(scope="session")
+def static_run(trained_run: TrainedRun) -> Path:
+    """The supernet of ``tests.tiny.STATIC_SPACE`` (static mixers only), trained once per session."""
+    from tests.tiny import STATIC_SPACE, STATIC_TRAINING
+
+    return trained_run(STATIC_SPACE, **STATIC_TRAINING)

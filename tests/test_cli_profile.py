@@ -52,16 +52,36 @@ def test_profile_table_for_several_files(capsys: pytest.CaptureFixture[str]) -> 
     assert "deit_t" in out and "localvit_t" in out and "5.72M" in out and "5.91M" in out
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        (SMALL.replace("heads: 2,", "heads: 3,"), "stages[0].heads: dim 32 is not divisible by heads 3"),
-        (SMALL.replace("window_attn", "transformer"), "stages[0].mixer.type: unknown value 'transformer'"),
-        (SMALL.replace("window_size: 4", "window_size: 3"), "stages[0].mixer.window_size: 3 does not tile"),
-        ("stages: [", "not valid YAML"),
-    ],
-)
-def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, text: str, expected: str) -> None:
+BAD_CONFIGS = [
+    (SMALL.replace("heads: 2,", "heads: 3,"), "stages[0].heads: dim 32 is not divisible by heads 3"),
+    (SMALL.replace("window_attn", "transformer"), "stages[0].mixer.type: unknown value 'transformer'"),
+    (SMALL.replace("window_size: 4", "window_size: 3"), "stages[0].mixer.window_size: 3 does not tile"),
+    ("stages: [", "not valid YAML"),
+]
+
+
+def check_one_line(stderr: str, expected: str, arch: Path) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mixnas: error: ") and expected in lines[0], stderr
+    assert str(arch) in lines[0] or "bad.yaml" in lines[0]
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_CONFIGS)
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str,
+                                            expected: str) -> None:
+    arch = tmp_path / "bad.yaml"
+    arch.write_text(text)
+    assert main(["profile", str(arch), "--no-latency"]) == 2
+    captured = capsys.readouterr()
+    check_one_line(captured.err, expected, arch)
+    assert captured.out == ""
+
+
+def test_bad_config_from_a_shell_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The same through the console entry point, in its own process: nothing else (no warning of an import,
+    no traceback) reaches stderr."""
+    text, expected = BAD_CONFIGS[0]
     arch = tmp_path / "bad.yaml"
     arch.write_text(text)
     proc = subprocess.run(
@@ -69,10 +89,7 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path, text: str, expected: 
         capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mixnas: error: ") and expected in lines[0], proc.stderr
-    assert str(arch) in lines[0] or "bad.yaml" in lines[0]
-    assert "Traceback" not in proc.stderr
+    check_one_line(proc.stderr, expected, arch)
 
 
 def test_missing_file_and_no_cuda(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

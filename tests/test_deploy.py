@@ -32,7 +32,7 @@ from mixnas.supernet.deploy import (
     save_program,
 )
 from mixnas.supernet.mixers import export_form_of
-from tests.test_search import TINY_SPACE, copy_run
+from tests.test_search import copy_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 TOLERANCE = 1e-4
@@ -153,8 +153,8 @@ def test_missing_deploy_extra_is_one_line_naming_it(monkeypatch: pytest.MonkeyPa
         onnx_session("whatever.onnx")
 
 
-def test_cli_export_onnx_and_torch_export(trained_run, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run = copy_run(trained_run(TINY_SPACE, epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2), tmp_path)
+def test_cli_export_onnx_and_torch_export(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = copy_run(tiny_run, tmp_path)
     assert main(["search", str(run), "--trials", "2", "--objectives", "accuracy,flops", "--latency", "none",
                  "--val-limit", "64", "--quiet", "--seed", "3"]) == 0
     out = tmp_path / "deploy"

@@ -35,7 +35,8 @@ from mixnas.supernet import Supernet
 from mixnas.supernet.checkpoint import save_weights
 from mixnas.training import TrainConfig
 from mixnas.trials import TRIAL_COLUMNS
-from tests.test_search import FAST, TINY_SPACE, FakeEvaluator
+from tests.test_search import FAST, FakeEvaluator
+from tests.tiny import TINY_SPACE
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,16 +27,6 @@ from mixnas.search.ranking import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
-SPACE: dict[str, Any] = {
-    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8,
-    "stages": [
-        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0],
-         "mixers": {"window_attn": {"window_size": [2, 4]}, "dwconv": {"kernel_size": [3]},
-                    "dge": {"granularities": [[1, 2]]}}},
-        {"depth": [1], "dim": [32], "heads": [2], "mlp_ratio": [2.0],
-         "mixers": {"window_attn": {"window_size": [2]}, "dwconv": {"kernel_size": [3]}}},
-    ],
-}
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -161,10 +150,10 @@ def test_every_seed_trains_on_the_supernets_dataset() -> None:
 
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
-def searched(trained_run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def searched(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.set_num_threads(1)
     run = tmp_path_factory.mktemp("ranked") / "run"
-    shutil.copytree(trained_run(SPACE, epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2), run)
+    shutil.copytree(tiny_run, run)
     evaluator = CandidateEvaluator(run, EvalSettings(latency="none", calib_batches=1, val_limit=64, flops_images=2))
     run_optuna_search(run, SearchSettings(trials=6, objectives=("accuracy", "gflops"), sampler="random",
                                           references=False), evaluator, progress=False)
@@ -224,10 +213,10 @@ def test_rank_check_end_to_end_resumes_and_draws_its_page(searched: Path, tmp_pa
     assert "GFLOPs alone reaches Kendall tau 0.79" in page
 
 
-def test_rank_check_refuses_an_unsearched_run(trained_run, tmp_path: Path,
+def test_rank_check_refuses_an_unsearched_run(tiny_run: Path, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    shutil.copytree(trained_run(SPACE, epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2), run)
+    shutil.copytree(tiny_run, run)
     assert main(["rank-check", str(run), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not searched yet" in err and str(run) in err

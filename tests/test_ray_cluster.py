@@ -27,15 +27,6 @@ from mixnas.search.ray_cluster import RaySettings, live_cluster_address, start_r
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-TINY_SPACE: dict[str, Any] = {
-    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
-    "stages": [
-        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0, 3.0], "ffn": ["mlp"],
-         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2, 4]}}},
-        {"depth": [1, 2], "dim": [32], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp"],
-         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2]}}},
-    ],
-}
 pytestmark = pytest.mark.slow
 
 
@@ -138,9 +129,9 @@ def search_command(run: Path, trials: int, *extra: str) -> list[str]:
 
 
 @pytest.fixture
-def run(trained_run, tmp_path: Path) -> Path:
+def run(static_run: Path, tmp_path: Path) -> Path:
     dst = tmp_path / "run"
-    shutil.copytree(trained_run(TINY_SPACE, epochs=1, steps_per_epoch=2, batch_size=16, calib_batches=1), dst)
+    shutil.copytree(static_run, dst)
     return dst
 
 

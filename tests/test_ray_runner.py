@@ -20,6 +20,7 @@ import os
 import pickle
 import shutil
 import socket
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -53,7 +54,7 @@ from mixnas.search.optuna_runner import (
     run_optuna_search,
     warm_start_archs,
 )
-from mixnas.search.ray_cluster import RaySettings, start_ray
+from mixnas.search.ray_cluster import RaySettings, start_ray, stop_ray
 from mixnas.search.ray_runner import (
     RUN_KEY,
     ConstrainedOptunaSearch,
@@ -65,18 +66,10 @@ from mixnas.search.ray_runner import (
 from mixnas.search.ray_worker import evaluate_candidate
 from mixnas.search_space import ConfigError
 from mixnas.trials import TRIAL_COLUMNS
+from tests.tiny import STATIC_SPACE as TINY_SPACE
 
 SPACE_FILE, WEIGHTS_FILE = RunDir.SPACE, RunDir.SUPERNET_WEIGHTS
 
-TINY_SPACE: dict[str, Any] = {
-    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
-    "stages": [
-        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp"],
-         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2, 4]}}},
-        {"depth": [1], "dim": [32], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp"],
-         "mixers": {"dwconv": {"kernel_size": [3]}, "window_attn": {"window_size": [2]}}},
-    ],
-}
 FAST = EvalSettings(latency="measure", latency_runs=3, latency_max_seconds=0.2, calib_batches=1, val_limit=64,
                     flops_images=2)
 # Between the smallest and the largest candidate of TINY_SPACE, so both feasible and infeasible trials occur.
@@ -356,9 +349,17 @@ def test_the_journal_and_the_experiment_must_belong_together(tmp_path: Path) -> 
 
 # ------------------------------------------------------------------------------------------ with Ray
 @pytest.fixture(scope="module")
-def trained(trained_run) -> Path:  # tests/conftest.py: trained once per session
+def trained(static_run: Path) -> Path:  # tests/conftest.py: trained once per session
     torch.set_num_threads(1)
-    return trained_run(TINY_SPACE, epochs=1, steps_per_epoch=2, batch_size=16, calib_batches=1)
+    return static_run
+
+
+@pytest.fixture(scope="module")
+def shared_ray() -> Iterator[RaySettings]:
+    """One local Ray instance for the module's searches that do not test its start or end: the first test
+    that needs one starts it (a search leaves an instance it did not start running), the module stops it."""
+    yield RaySettings(max_concurrent=2)
+    stop_ray()
 
 
 def trial_reports(run: Path) -> list[dict[str, Any]]:
@@ -445,12 +446,14 @@ def check_same_meaning(ray_table: pd.DataFrame, optuna_table: pd.DataFrame, spac
 
 
 @pytest.mark.slow
-def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_path: Path) -> None:
+def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_path: Path,
+                                                          shared_ray: RaySettings) -> None:
     space = SearchSpace.from_dict(TINY_SPACE)
     run = tmp_path / "ray"
     shutil.copytree(trained, run)
     settings = SearchSettings(trials=8, objectives=OBJECTIVES, limits=LIMITS, seed=0)
-    local = RaySettings(max_concurrent=2)
+    local = shared_ray
+    stop_ray()  # this test starts its own: the search must shut down the instance it started
 
     table = run_ray_search(run, settings, FAST, local, progress=False)
     assert not ray.is_initialized()  # the instance it started is shut down
@@ -480,31 +483,30 @@ def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_pat
     check_same_meaning(table, optuna_table, space)
     check_same_meaning(load_trials(run), load_trials(other), space)
 
-    # A Ray instance of this process is used as it is; every Ray server listens on 127.0.0.1 only.
+    # A Ray instance of this process is used as it is; every Ray server listens on 127.0.0.1 only. It stays
+    # up for the module's other searches (the shared_ray fixture stops it).
     assert start_ray(local)
-    try:
-        if Path("/proc/net/tcp").is_file():  # Linux: read which addresses Ray's processes listen on
-            listening = listening_addresses_of_children()
-            assert listening and all(is_loopback(a) for a in listening), listening
-        trial_dirs = sorted(p.name for p in (run / "search" / "ray").glob("trial_*"))
+    if Path("/proc/net/tcp").is_file():  # Linux: read which addresses Ray's processes listen on
+        listening = listening_addresses_of_children()
+        assert listening and all(is_loopback(a) for a in listening), listening
+    trial_dirs = sorted(p.name for p in (run / "search" / "ray").glob("trial_*"))
 
-        # The same command again restores the experiment and evaluates nothing new.
-        again = run_ray_search(run, settings, FAST, local, progress=False)
-        assert ray.is_initialized()
-        assert sorted(p.name for p in (run / "search" / "ray").glob("trial_*")) == trial_dirs
-        pd.testing.assert_frame_equal(again, table)
+    # The same command again restores the experiment and evaluates nothing new.
+    again = run_ray_search(run, settings, FAST, local, progress=False)
+    assert ray.is_initialized()
+    assert sorted(p.name for p in (run / "search" / "ray").glob("trial_*")) == trial_dirs
+    pd.testing.assert_frame_equal(again, table)
 
-        # Asking for more trials continues the restored experiment up to the new total.
-        more = run_ray_search(run, replace(settings, trials=10), FAST, local, progress=False)
+    # Asking for more trials continues the restored experiment up to the new total.
+    more = run_ray_search(run, replace(settings, trials=10), FAST, local, progress=False)
 
-        # A failing candidate (here a NaN objective: latency is not measured) is a failed trial with its
-        # reason, and the search goes on.
-        broken = tmp_path / "broken"
-        shutil.copytree(trained, broken)
-        failing = run_ray_search(broken, replace(settings, trials=3, references=False),
-                                 replace(FAST, latency="none"), local, progress=False)
-    finally:
-        ray.shutdown()
+    # A failing candidate (here a NaN objective: latency is not measured) is a failed trial with its
+    # reason, and the search goes on.
+    broken = tmp_path / "broken"
+    shutil.copytree(trained, broken)
+    failing = run_ray_search(broken, replace(settings, trials=3, references=False),
+                             replace(FAST, latency="none"), local, progress=False)
+    assert ray.is_initialized()  # not stopped by the searches that used it
     searched_more = more[~more["is_reference"]]
     assert list(searched_more["number"]) == list(range(10))
     check_journal(run, more)  # the restored searcher went on in the same study: 10 trials, each once
@@ -518,7 +520,42 @@ def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(trained: Path, tmp_path: Path) -> None:
+def test_a_trial_that_tune_gives_up_for_a_dead_worker_runs_again(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_ray: RaySettings,
+) -> None:
+    """A node dying with a trial queued on its reused actor can make Tune give that trial up (two failures
+    before it restarts); the search restores the experiment and runs it again instead of recording a FAIL.
+    Here Tune gives up at the first death (max_failures 0) and the worker of trial 1 dies once."""
+    run = tmp_path / "ray"
+    shutil.copytree(trained, run)
+    died = tmp_path / "died"
+    real = evaluate_candidate
+
+    def dying(config: dict[str, Any], run_dir: str, evaluation: EvalSettings, objectives: tuple[str, ...],
+              limits: Limits) -> None:
+        if config["number"] == 1 and not died.exists():
+            died.write_text("1")
+            os._exit(1)  # the worker process dies: Ray reports the actor dead, not a candidate's failure
+        real(config, run_dir, evaluation, objectives, limits)
+
+    monkeypatch.setattr(ray_worker, "evaluate_candidate", dying)
+    monkeypatch.setattr(ray_runner, "TRIAL_MAX_FAILURES", 0)
+    settings = SearchSettings(trials=4, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
+    start_ray(shared_ray)
+    table = run_ray_search(run, settings, FAST, shared_ray, progress=False)
+
+    assert died.exists()  # the worker did die
+    assert list(table["state"]) == ["COMPLETE"] * 4, table[["number", "state", "failure_reason"]]
+    assert list(table["number"]) == [0, 1, 2, 3] and table["arch_id"].is_unique
+    assert len(list((run / "search" / "ray").glob("trial_*"))) == 4  # run again, not a fifth trial
+    assert list(load_trials(run)["state"]) == ["COMPLETE"] * 4
+    check_journal(run, table)  # trial 1's Optuna trial waited for the run that finished it
+
+
+@pytest.mark.slow
+def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A driver killed between two of Tune's saves leaves the journal ahead of the experiment. Here the
     experiment is put back to what it was after 2 trials while the journal holds 4. Running the search for 4
     again hands the 2 trials the experiment lost out again, under their own Optuna trials: the journal gains
@@ -528,6 +565,10 @@ def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(train
     experiment, journal = run / "search" / "ray", run / "search" / "journal.log"
     settings = SearchSettings(trials=2, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
     local = RaySettings(max_concurrent=2)
+    # Each search here starts and ends its own instance, as each run of the command does. (Restored within
+    # one long-lived instance, this restore came back with the older experiment's 2 trials only: seen
+    # 2026-12-07, not yet explained.)
+    stop_ray()
     run_ray_search(run, settings, FAST, local, progress=False)
     shutil.copytree(experiment, tmp_path / "after-2")
     four = run_ray_search(run, replace(settings, trials=4), FAST, local, progress=False)
@@ -551,10 +592,12 @@ def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(train
     assert states and (experiment / seal.SEAL_LOG).is_file()
     states[-1].write_bytes(pickle.dumps(Payload(marker)))
     os.chmod(states[-1], 0o600)
+    joined: list[RaySettings] = []
+    monkeypatch.setattr(ray_runner, "start_ray", lambda settings, say=None: joined.append(settings))
     with pytest.raises(ConfigError, match="not sealed by your mixnas") as info:
         run_ray_search(run, replace(settings, trials=5), FAST, local, progress=False)
     assert str(info.value).startswith(str(states[-1])) and "\n" not in str(info.value)
-    assert not marker.exists() and not ray.is_initialized()
+    assert not marker.exists() and not joined  # refused before Ray is started or joined
     assert [(t.number, t.state, t.params, t.values) for t in load_journal(journal).trials] == trials
 
 
@@ -594,38 +637,6 @@ def test_the_ray_searcher_never_hands_out_an_architecture_twice() -> None:
     for t in done:
         n = t.user_attrs["duplicate_of"]
         assert t.values[0] == 50.0 + n + 1
-
-
-@pytest.mark.slow
-def test_a_trial_that_tune_gives_up_for_a_dead_worker_runs_again(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """A node dying with a trial queued on its reused actor can make Tune give that trial up (two failures
-    before it restarts); the search restores the experiment and runs it again instead of recording a FAIL.
-    Here Tune gives up at the first death (max_failures 0) and the worker of trial 1 dies once."""
-    run = tmp_path / "ray"
-    shutil.copytree(trained, run)
-    died = tmp_path / "died"
-    real = evaluate_candidate
-
-    def dying(config: dict[str, Any], run_dir: str, evaluation: EvalSettings, objectives: tuple[str, ...],
-              limits: Limits) -> None:
-        if config["number"] == 1 and not died.exists():
-            died.write_text("1")
-            os._exit(1)  # the worker process dies: Ray reports the actor dead, not a candidate's failure
-        real(config, run_dir, evaluation, objectives, limits)
-
-    monkeypatch.setattr(ray_worker, "evaluate_candidate", dying)
-    monkeypatch.setattr(ray_runner, "TRIAL_MAX_FAILURES", 0)
-    settings = SearchSettings(trials=4, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
-    table = run_ray_search(run, settings, FAST, RaySettings(max_concurrent=2), progress=False)
-
-    assert died.exists()  # the worker did die
-    assert list(table["state"]) == ["COMPLETE"] * 4, table[["number", "state", "failure_reason"]]
-    assert list(table["number"]) == [0, 1, 2, 3] and table["arch_id"].is_unique
-    assert len(list((run / "search" / "ray").glob("trial_*"))) == 4  # run again, not a fifth trial
-    assert list(load_trials(run)["state"]) == ["COMPLETE"] * 4
-    check_journal(run, table)  # trial 1's Optuna trial waited for the run that finished it
 
 
 def test_only_a_dead_worker_or_node_counts_as_lost() -> None:
@@ -694,7 +705,8 @@ def test_the_local_instances_folder_and_token_are_closed_to_other_users(tmp_path
 
 
 @pytest.mark.parametrize("case", ["world-writable pickle", "group-writable folder", "linked pickle"])
-def test_a_ray_experiment_others_could_write_is_never_restored(trained: Path, tmp_path: Path, case: str) -> None:
+def test_a_ray_experiment_others_could_write_is_never_restored(trained: Path, tmp_path: Path, case: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """A planted ``__reduce__`` in Tune's pickles would run on restore: refuse, with one line, before Ray
     starts or anything is unpickled."""
     import os
@@ -714,6 +726,8 @@ def test_a_ray_experiment_others_could_write_is_never_restored(trained: Path, tm
     os.chmod(experiment, 0o775 if case == "group-writable folder" else 0o755)
     if case == "world-writable pickle":
         os.chmod(pickle_file, 0o666)
+    joined: list[RaySettings] = []
+    monkeypatch.setattr(ray_runner, "start_ray", lambda settings, say=None: joined.append(settings))
     with pytest.raises(ConfigError, match="writable by other users|symbolic link") as info:
         run_ray_search(run, SearchSettings(trials=2, objectives=OBJECTIVES), FAST, RaySettings(), progress=False)
-    assert "\n" not in str(info.value) and not ray.is_initialized()
+    assert "\n" not in str(info.value) and not joined  # refused before Ray is started or joined

@@ -36,9 +36,9 @@ LAYER_NORM_EPS = {"swin_t": 1e-5, "dwnet_t": 1e-5, "ddwnet_t": 1e-5, "iddwnet_t"
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_reference_matches_published_params_and_flops(name: str) -> None:
+def test_reference_matches_published_params_and_flops(name: str, reference_model) -> None:
     arch = ArchConfig.from_yaml(REFERENCE / f"{name}.yaml")
-    model = build_model(arch)
+    model = reference_model(name)  # tests/conftest.py: built once per session
     params, gflops = PUBLISHED[name]
     n = count_params(model)
     assert abs(n - params) / params < 0.01, f"{name}: {n:,} parameters vs published {params:,.0f}"
@@ -48,14 +48,12 @@ def test_reference_matches_published_params_and_flops(name: str) -> None:
     assert unsupported_ops(model, x) == {}
 
 
-def test_extra_reference_variants_build_and_count() -> None:
+def test_extra_reference_variants_build_and_count(reference_model) -> None:
     """The refiner and DGE variants: refinement costs FLOPs on top of DeiT-T; DGE at init routes almost
     every region to the finest granularity, so it costs about DeiT-S's FLOPs at 256 (6.1)."""
-    deit_t = count_flops(build_model(ArchConfig.from_yaml(REFERENCE / "deit_t.yaml")), torch.randn(1, 3, 224, 224))
-    refiner = build_model(ArchConfig.from_yaml(REFERENCE / "refiner_deit_t.yaml"))
-    assert count_flops(refiner, torch.randn(1, 3, 224, 224)) > deit_t
-    dge = ArchConfig.from_yaml(REFERENCE / "dge_deit_s.yaml")
-    g = count_flops(build_model(dge), torch.randn(1, 3, 256, 256)) / 1e9
+    deit_t = count_flops(reference_model("deit_t"), torch.randn(1, 3, 224, 224))
+    assert count_flops(reference_model("refiner_deit_t"), torch.randn(1, 3, 224, 224)) > deit_t
+    g = count_flops(reference_model("dge_deit_s"), torch.randn(1, 3, 256, 256)) / 1e9
     assert 5.5 < g < 6.3
 
 
@@ -79,11 +77,11 @@ def test_dge_forced_granularities_match_the_official_count(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(LAYER_NORM_EPS))
-def test_layer_norm_epsilon_of_each_reference(name: str) -> None:
+def test_layer_norm_epsilon_of_each_reference(name: str, reference_model) -> None:
     """DeiT, LocalViT, Refiner and DGE use 1e-6, Swin and DWNet 1e-5; every LayerNorm of the model takes it."""
     arch = ArchConfig.from_yaml(REFERENCE / f"{name}.yaml")
     assert arch.layer_norm_eps == LAYER_NORM_EPS[name]
-    model = build_model(arch)
+    model = reference_model(name)
     eps = {m.eps for m in model.modules() if type(m).__name__ == "ElasticLayerNorm"}
     kv_norms = {m.kv_norm.eps for m in model.modules() if getattr(m, "kv_norm", None) is not None}
     assert eps - kv_norms == {LAYER_NORM_EPS[name]}

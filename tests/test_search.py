@@ -30,25 +30,15 @@ from mixnas.search_space import ConfigError
 from mixnas.supernet.checkpoint import load_weights
 from mixnas.training import evaluate_accuracy
 from mixnas.trials import TRIAL_COLUMNS
+from tests.tiny import TINY_SPACE
 
-TINY_SPACE = {
-    "name": "tiny", "input_size": 32, "num_classes": 10, "patch_size": 8, "layout": "hierarchical",
-    "stages": [
-        {"depth": [1, 2], "dim": [16, 24], "heads": [2], "mlp_ratio": [2.0], "ffn": ["mlp", "local"],
-         "mixers": {"window_attn": {"window_size": [2, 4]}, "dwconv": {"kernel_size": [3]},
-                    "dge": {"granularities": [[1, 2]]}}},
-        {"depth": [1], "dim": [32], "heads": [2, 4], "mlp_ratio": [2.0],
-         "mixers": {"window_attn": {"window_size": [2]}, "dwconv": {"kernel_size": [3]},
-                    "dge": {"granularities": [[1, 2]]}}},
-    ],
-}
 FAST = EvalSettings(latency_runs=3, latency_max_seconds=0.2, calib_batches=2, val_limit=96, flops_images=2)
 
 
 @pytest.fixture(scope="module")
-def trained(trained_run) -> Path:  # tests/conftest.py: trained once per session
+def trained(tiny_run: Path) -> Path:  # tests/conftest.py: trained once per session
     torch.set_num_threads(1)
-    return trained_run(TINY_SPACE, epochs=1, steps_per_epoch=3, batch_size=16, calib_batches=2)
+    return tiny_run
 
 
 def copy_run(trained: Path, tmp_path: Path) -> Path:

@@ -153,7 +153,9 @@ def no_weight_init() -> Iterator[None]:
         yield
 
 
-@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+# 1000 imagenet-sized networks take 15 s: in the full suite, not the edit loop.
+@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.slow) if p.stem == "imagenet" else p
+                                  for p in SPACES], ids=lambda p: p.stem)
 def test_every_sample_validates_builds_and_is_in_the_space(path: Path) -> None:
     space = shipped_space(path)
     rng = random.Random(0)

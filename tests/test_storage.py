@@ -14,7 +14,7 @@ from mixnas.errors import StorageError
 from mixnas.search_space import SearchSpace
 from mixnas.trials import save_trials
 from tests.test_guided_search import _row
-from tests.test_search import TINY_SPACE
+from tests.tiny import TINY_SPACE
 
 
 def _full_disk(*args, **kwargs):

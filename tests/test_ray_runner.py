@@ -554,7 +554,7 @@ def test_a_trial_that_tune_gives_up_for_a_dead_worker_runs_again(
 
 @pytest.mark.slow
 def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(
-    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    trained: Path, tmp_path: Path, shared_ray: RaySettings, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A driver killed between two of Tune's saves leaves the journal ahead of the experiment. Here the
     experiment is put back to what it was after 2 trials while the journal holds 4. Running the search for 4
@@ -564,11 +564,11 @@ def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(
     shutil.copytree(trained, run)
     experiment, journal = run / "search" / "ray", run / "search" / "journal.log"
     settings = SearchSettings(trials=2, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
-    local = RaySettings(max_concurrent=2)
-    # Each search here starts and ends its own instance, as each run of the command does. (Restored within
-    # one long-lived instance, this restore came back with the older experiment's 2 trials only: seen
-    # 2026-12-07, not yet explained.)
-    stop_ray()
+    # One Ray instance for the three searches, as a cluster joined with --address outlives the driver: the
+    # restore must read the experiment as it is on disk, not the newer state Tune left in the instance's
+    # staging folder (it did until 2026-12-07, and came back with 2 trials).
+    local = shared_ray
+    start_ray(local)
     run_ray_search(run, settings, FAST, local, progress=False)
     shutil.copytree(experiment, tmp_path / "after-2")
     four = run_ray_search(run, replace(settings, trials=4), FAST, local, progress=False)

@@ -319,6 +319,20 @@ class TrialBudget(SearchGenerator):
         if experiment:
             seal.seal_folder(Path(dirpath), Path(experiment) / seal.SEAL_LOG, skip=[SETTINGS_FILE])
 
+    def has_checkpoint(self, dirpath: str) -> bool:
+        return super().has_checkpoint(self._sealed_folder(dirpath))
+
+    def restore_from_dir(self, dirpath: str) -> None:
+        super().restore_from_dir(self._sealed_folder(dirpath))
+
+    def _sealed_folder(self, staging: str) -> str:
+        """Where a restore reads the search's saved state: the experiment, whose files were checked against
+        their seals, not the driver's staging folder that Tune hands over. Tune fills that folder from the
+        experiment, but in a Ray session that outlives a run (a cluster joined with ``--address``, or two
+        searches in one process) it may still hold a newer state of an earlier run, one the experiment never
+        received (a driver killed between Tune's save and its copy) and no seal covers."""
+        return self.experiment or staging
+
     def set_state(self, state: dict) -> None:
         super().set_state(state)  # after Tune restored the searcher's saved state
         searcher = self.optuna_search()

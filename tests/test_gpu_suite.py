@@ -3,6 +3,7 @@ measures imports without ray, optuna and plotly (the GPU machine has none of the
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,10 @@ def test_measured_code_imports_without_ray_optuna_plotly() -> None:
 
 @pytest.mark.slow
 def test_gpu_suite_smoke(tmp_path: Path) -> None:
+    # One torch thread: beside the other pytest worker, a second thread only adds contention (4x slower).
     out = subprocess.run([sys.executable, "bench/gpu_suite.py", "--smoke", "--out", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=600)
+                         capture_output=True, text=True, cwd=ROOT, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for part in ("references", "dge", "supernet_step", "latency_lut", "cuda_paths"):
         text = (tmp_path / f"{part}.md").read_text()

@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from mixnas.errors import DeployError  # noqa: E402
 from mixnas.packaged import load_arch, load_space, reference_names  # noqa: E402
 from mixnas.results.pareto import pareto_mask  # noqa: E402
+from mixnas.run_dir import RunDir  # noqa: E402
 from mixnas.search.latency_backends import BACKENDS  # noqa: E402
 from mixnas.search.predictor import kendall_tau  # noqa: E402
 from mixnas.search.profiler import device_name, latency_runner  # noqa: E402
@@ -84,7 +85,7 @@ def find_run(explicit: Path | None) -> Path | None:
     if explicit is not None:
         return explicit
     for run in sorted((ROOT / "runs").glob("demo*")):
-        if (run / "trials.parquet").is_file():
+        if RunDir(run).trials_parquet.is_file():
             return run
     return None
 

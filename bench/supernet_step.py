@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from torch import Tensor, nn
 
+from mixnas.run_dir import RunDir
 from mixnas.search.profiler import count_params, device_name
 from mixnas.search_space import SearchSpace
 from mixnas.supernet import Supernet, build_model
@@ -250,10 +251,11 @@ def measure_training(space: SearchSpace, args: argparse.Namespace, threads: int)
     full_steps = len(bundle.train) // config.batch_size  # drop_last, as training does
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        row = train_supernet(space, Path(tmp) / "run", config, device=args.device, progress=False)[-1]
+        run = RunDir(Path(tmp) / "run")
+        row = train_supernet(space, run, config, device=args.device, progress=False)[-1]
         call_s = time.perf_counter() - t0
         supernet = Supernet(space)
-        load_weights(supernet, Path(tmp) / "run" / "supernet.safetensors")
+        load_weights(supernet, run.weights)
     device = torch.device(args.device)
     supernet = supernet.to(device)
     val = make_loader(bundle.val, 256, shuffle=False)

@@ -355,11 +355,19 @@ def trained(static_run: Path) -> Path:  # tests/conftest.py: trained once per se
 
 
 @pytest.fixture(scope="module")
-def shared_ray() -> Iterator[RaySettings]:
-    """One local Ray instance for the module's searches that do not test its start or end: the first test
-    that needs one starts it (a search leaves an instance it did not start running), the module stops it."""
-    yield RaySettings(max_concurrent=2)
+def module_ray() -> Iterator[None]:
+    """Stops, at the module's end, the local Ray instance its tests leave running for each other."""
+    yield
     stop_ray()
+
+
+@pytest.fixture
+def shared_ray(module_ray: None) -> RaySettings:
+    """The module's one local Ray instance, for the searches that do not test an instance's start or end:
+    started by the first test that needs it (a search leaves an instance it did not start running)."""
+    settings = RaySettings(max_concurrent=2)
+    start_ray(settings)
+    return settings
 
 
 def trial_reports(run: Path) -> list[dict[str, Any]]:
@@ -446,13 +454,12 @@ def check_same_meaning(ray_table: pd.DataFrame, optuna_table: pd.DataFrame, spac
 
 
 @pytest.mark.slow
-def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_path: Path,
-                                                          shared_ray: RaySettings) -> None:
+def test_ray_search_restores_and_matches_the_optuna_table(trained: Path, tmp_path: Path, module_ray: None) -> None:
     space = SearchSpace.from_dict(TINY_SPACE)
     run = tmp_path / "ray"
     shutil.copytree(trained, run)
     settings = SearchSettings(trials=8, objectives=OBJECTIVES, limits=LIMITS, seed=0)
-    local = shared_ray
+    local = RaySettings(max_concurrent=2)
     stop_ray()  # this test starts its own: the search must shut down the instance it started
 
     table = run_ray_search(run, settings, FAST, local, progress=False)
@@ -541,7 +548,6 @@ def test_a_trial_that_tune_gives_up_for_a_dead_worker_runs_again(
     monkeypatch.setattr(ray_worker, "evaluate_candidate", dying)
     monkeypatch.setattr(ray_runner, "TRIAL_MAX_FAILURES", 0)
     settings = SearchSettings(trials=4, objectives=OBJECTIVES, limits=LIMITS, seed=0, references=False)
-    start_ray(shared_ray)
     table = run_ray_search(run, settings, FAST, shared_ray, progress=False)
 
     assert died.exists()  # the worker did die
@@ -568,7 +574,6 @@ def test_a_restore_from_an_experiment_older_than_the_journal_adds_no_trial(
     # restore must read the experiment as it is on disk, not the newer state Tune left in the instance's
     # staging folder (it did until 2026-12-07, and came back with 2 trials).
     local = shared_ray
-    start_ray(local)
     run_ray_search(run, settings, FAST, local, progress=False)
     shutil.copytree(experiment, tmp_path / "after-2")
     four = run_ray_search(run, replace(settings, trials=4), FAST, local, progress=False)

@@ -77,26 +77,31 @@ class RefinerAttention(nn.Module):
     def refine(self, attn: Tensor, heads: int, expansion_ratio: int, kernel_size: int,
                gates: Tensor | None = None) -> Tensor:
         """(M, H, N, N) softmax maps -> (M, H, N, N) refined maps; ``gates`` (nW, k*k, N, N) restrict the
-        depth-wise conv to entries of the same region pair (M = B * nW)."""
-        a = self.expand(attn, out_channels=expansion_ratio * heads)
+        depth-wise conv to entries of the same region pair (M = B * nW).
+
+        The maps go through the three convs in channels-last memory (the same values; on a CPU, maps of few
+        channels run 2-14x faster so than in the default layout, docs/benchmarks/refiner_layout.md)."""
+        a = attn.contiguous(memory_format=torch.channels_last)
+        a = self.expand(a, out_channels=expansion_ratio * heads)
         a = self.local(a, kernel_size=kernel_size) if gates is None else self.gated_local(a, gates, kernel_size)
         return self.reduce(a, out_channels=heads)
 
     def gated_local(self, a: Tensor, gates: Tensor, k: int) -> Tensor:
-        """The depth-wise k x k conv over (M, C, N, N) maps, each tap of each entry multiplied by its gate."""
+        """The depth-wise k x k conv over (M, C, N, N) maps, each tap of each entry multiplied by its gate;
+        the result is in channels-last memory."""
         m, c, n, _ = a.shape
         nw = gates.shape[0]
         weight = active_slice(self.local.weight, (c, 1, k, k), centred=(2, 3)).reshape(c, k * k)
         p = k // 2
-        padded = F.pad(a, (p, p, p, p)).view(m // nw, nw, c, n + 2 * p, n + 2 * p)
-        out = a.new_zeros(m // nw, nw, c, n, n)
+        padded = F.pad(a.permute(0, 2, 3, 1), (0, 0, p, p, p, p)).view(m // nw, nw, n + 2 * p, n + 2 * p, c)
+        out = a.new_zeros(m // nw, nw, n, n, c)
         gates = gates.to(a.dtype)
         for t in range(k * k):
             dy, dx = divmod(t, k)
-            tap = weight[:, t].view(1, 1, c, 1, 1) * gates[:, t].view(1, nw, 1, n, n)
+            tap = weight[:, t].view(1, 1, 1, 1, c) * gates[:, t].view(1, nw, n, n, 1)
             # One fused multiply-add per entry and tap (the profiler counts addcmul so, as the conv).
-            out = torch.addcmul(out, padded[..., dy:dy + n, dx:dx + n], tap)
-        return out.view(m, c, n, n)
+            out = torch.addcmul(out, padded[:, :, dy:dy + n, dx:dx + n], tap)
+        return out.view(m, n, n, c).permute(0, 3, 1, 2)
 
     def forward(self, x: Tensor, ctx: MixerContext) -> Tensor:
         """x: (B, H, W, C), already normalised -> (B, H, W, C)."""
@@ -108,14 +113,18 @@ class RefinerAttention(nn.Module):
         if mask is not None:
             scores = scores + mask
         nw, n = scores.shape[1], scores.shape[3]
-        maps = scores.softmax(dim=-1).reshape(b * nw, heads, n, n)
+        maps = scores.softmax(dim=-1)
         gates = None
-        if shift_mask is not None and m.kernel_size > 1:
-            gates = region_gates(h, w, window, shift, m.kernel_size, x.device)
-        maps = self.refine(maps, heads, m.expansion_ratio, m.kernel_size, gates).view(b, nw, heads, n, n)
         if shift_mask is not None:
-            maps = maps * (shift_mask == 0).to(maps.dtype)  # (1, nW, 1, N, N): zero across the roll's seams
-        out = torch.matmul(maps, v)  # (B, nW, heads, N, head_dim)
+            # Exactly zero across the roll's seams (shift_mask: (1, nW, 1, N, N)) before refining, whatever the
+            # mask's value (with Swin's -100 the entries would be denormal floats, several times slower to
+            # refine on a CPU). The refinement keeps a zero zero (no biases; the gated conv reads only entries
+            # of an entry's own region pair), so the refined maps are exactly zero there too.
+            maps = maps * (shift_mask == 0).to(maps.dtype)
+            if m.kernel_size > 1:
+                gates = region_gates(h, w, window, shift, m.kernel_size, x.device)
+        maps = self.refine(maps.reshape(b * nw, heads, n, n), heads, m.expansion_ratio, m.kernel_size, gates)
+        out = torch.matmul(maps.reshape(b, nw, heads, n, n), v)  # (B, nW, heads, N, head_dim)
         return self.attn.merge_windows(out, h, w, window, shift)
 
 

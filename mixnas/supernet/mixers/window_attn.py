@@ -27,7 +27,14 @@ from mixnas.search_space import BoolParam, IntParam, MixerConfig, MixerSpec, Sta
 from mixnas.supernet.elastic import ElasticLinear, active_slice
 from mixnas.supernet.mixers._api import ExportForm, MixerContext
 
-SHIFT_MASK_VALUE = -100.0  # Swin's value for attention across the borders of rolled regions
+# Added to the scores of pairs across the borders of rolled regions. Swin adds -100: after the softmax such a
+# pair weighs about e^-100 of its row, a denormal float32 that no output can show (it is below float32's
+# resolution beside the region's own weights) but that CPUs multiply several times slower: a shifted block's
+# attention took about 3x an unshifted one's time on the demo's maps (docs/benchmarks/shift_mask.md). With -1e4
+# the exponential underflows to exactly 0: outputs equal Swin's to float32 rounding, at the unshifted
+# block's cost. They differ only where a masked score exceeds its row's largest allowed one by more than
+# about 84, where Swin's -100 lets attention leak across the seam and -1e4 does not.
+SHIFT_MASK_VALUE = -1e4
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -66,7 +73,8 @@ def shift_regions(h: int, w: int, window: int, shift: int) -> Tensor:
 
 
 def shift_attention_mask(h: int, w: int, window: int, shift: int) -> Tensor:
-    """(nW, N, N) additive mask: -100 between tokens that came from different regions of the rolled map."""
+    """(nW, N, N) additive mask: SHIFT_MASK_VALUE between tokens that came from different regions of the rolled
+    map, 0 elsewhere."""
     regions = shift_regions(h, w, window, shift)  # (nW, N)
     diff = regions[:, None, :] - regions[:, :, None]
     return torch.where(diff != 0, SHIFT_MASK_VALUE, 0.0)

@@ -21,10 +21,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from supernet_step import alternate  # bench/, this script's folder
 
 from mixnas.search_space import MixerConfig
 from mixnas.supernet.mixers import refiner as current
@@ -54,17 +55,18 @@ def load_baseline(rev: str):
     return module
 
 
-def timed(fn, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1000
+def no_grad(fn: Callable[[], object]) -> Callable[[], None]:
+    def call() -> None:
+        with torch.no_grad():
+            fn()
+
+    return call
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--baseline", default="33e8da3")
-    parser.add_argument("--repeats", type=int, default=7, help="alternating rounds per case")
+    parser.add_argument("--repeats", type=int, default=21, help="alternating rounds per case")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "refiner_layout.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -82,16 +84,11 @@ def main() -> None:
         x_train = torch.randn(64, res, res, dim)
         with torch.no_grad():
             diff = (new(x_eval, ctx) - old(x_eval, ctx)).abs().max().item()
-        times: dict[tuple[str, str], list[float]] = {}
-        for round_ in range(args.repeats + 1):  # round 0 warms up
-            order = [("new", new), ("old", old)] if round_ % 2 else [("old", old), ("new", new)]
-            for name, module in order:
-                with torch.no_grad():
-                    t_eval = timed(lambda m=module, x=x_eval, c=ctx: m(x, c), 3)
-                t_train = timed(lambda m=module, x=x_train, c=ctx: m(x.requires_grad_(), c).sum().backward(), 3)
-                if round_:
-                    times.setdefault((name, "eval"), []).append(t_eval)
-                    times.setdefault((name, "train"), []).append(t_train)
+        steps = {}
+        for name, module in (("old", old), ("new", new)):
+            steps[(name, "eval")] = no_grad(lambda m=module, x=x_eval, c=ctx: m(x, c))
+            steps[(name, "train")] = lambda m=module, x=x_train, c=ctx: m(x.requires_grad_(), c).sum().backward()
+        times = alternate(steps, argparse.Namespace(warmup=1, steps=args.repeats), torch.device("cpu"))
         med = {k: statistics.median(v) for k, v in times.items()}
         label = f"{res}x{res} map, window {min(window, res)}{' shifted' if block % 2 and window < res else ''}, " \
                 f"e{expansion} k{kernel}, {heads} heads"
@@ -109,7 +106,8 @@ def main() -> None:
         f" {args.baseline}; current: this tree. Both run on this tree's window attention (its shift mask at -1e4,"
         " `shift_mask.md`), so the shifted case shows the layout alone; with Swin's -100 the baseline's shifted"
         " maps also held denormal floats."
-        f" Median of {args.repeats} alternating rounds, each the mean of 3 calls; evaluation at batch 256,"
+        f" Median of {args.repeats} calls of each, alternating (`bench/supernet_step.py`'s `alternate`);"
+        " evaluation at batch 256,"
         " a training step (forward and backward of the mixer alone) at batch 64.",
         "",
         "| demo-space case | eval before (ms) | eval now (ms) | ratio | train before (ms) | train now (ms) | ratio |"

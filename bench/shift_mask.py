@@ -16,10 +16,11 @@ import datetime
 import platform
 import statistics
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from supernet_step import alternate  # bench/, this script's folder
 
 from mixnas.search_space import MixerConfig
 from mixnas.supernet.mixers._api import MixerContext
@@ -36,16 +37,19 @@ def set_mask_value(module: WindowAttention, value: float) -> None:
             buf.copy_(torch.where(buf != 0, torch.tensor(value), torch.tensor(0.0)))
 
 
-def timed(fn, repeats: int) -> float:
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1000
+def masked(module: WindowAttention, value: float, fn: Callable[[], object], grad: bool) -> Callable[[], None]:
+    """``fn`` run with the module's shift masks at ``value`` (the variants share one module)."""
+    def call() -> None:
+        set_mask_value(module, value)
+        with torch.set_grad_enabled(grad):
+            fn()
+
+    return call
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="alternating rounds per case")
+    parser.add_argument("--repeats", type=int, default=21, help="alternating rounds per case")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks" / "shift_mask.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -64,19 +68,13 @@ def main() -> None:
                 outputs[name] = module(x_eval, MixerContext(config, heads, block))
         names = list(variants)
         diff = (outputs[names[1]] - outputs[names[2]]).abs().max().item()
-        times: dict[tuple[str, str], list[float]] = {}
-        for round_ in range(args.repeats + 1):  # round 0 warms up
-            order = names if round_ % 2 else names[::-1]
-            for name in order:
-                block, value = variants[name]
-                set_mask_value(module, value)
-                ctx = MixerContext(config, heads, block)
-                with torch.no_grad():
-                    t_eval = timed(lambda m=module, x=x_eval, c=ctx: m(x, c), 3)
-                t_train = timed(lambda m=module, x=x_train, c=ctx: m(x.requires_grad_(), c).sum().backward(), 3)
-                if round_:
-                    times.setdefault((name, "eval"), []).append(t_eval)
-                    times.setdefault((name, "train"), []).append(t_train)
+        steps = {}
+        for name, (block, value) in variants.items():
+            ctx = MixerContext(config, heads, block)
+            steps[(name, "eval")] = masked(module, value, lambda m=module, x=x_eval, c=ctx: m(x, c), grad=False)
+            steps[(name, "train")] = masked(module, value, lambda m=module, x=x_train, c=ctx: m(
+                x.requires_grad_(), c).sum().backward(), grad=True)
+        times = alternate(steps, argparse.Namespace(warmup=1, steps=args.repeats), torch.device("cpu"))
         med = {k: statistics.median(v) for k, v in times.items()}
         timings = [(n, med[(n, "eval")], med[(n, "train")]) for n in names]
         rows.append((label, res, window, b_eval, b_train, timings, diff))
@@ -87,7 +85,8 @@ def main() -> None:
         "",
         f"Measured {datetime.date.today()} with `bench/shift_mask.py` on {platform.machine()} (1 torch thread,"
         f" torch {torch.__version__}, Python {platform.python_version()}), the 2-core CPU machine, nothing else"
-        f" heavy running. Median of {args.repeats} alternating rounds, each the mean of 3 calls.",
+        f" heavy running. Median of {args.repeats} calls of each, alternating"
+        " (`bench/supernet_step.py`'s `alternate`).",
         "",
         "| shape | variant | eval (ms) | train step (ms) | eval / unshifted | train / unshifted |",
         "|---|---|---:|---:|---:|---:|",

@@ -61,6 +61,21 @@ def test_digits_same_seed_same_tensors(digits: DatasetBundle) -> None:
     assert not torch.equal(a[0].images[:100], b[0].images[:100])
 
 
+def test_digits_loaded_again_are_the_same_renders_in_the_callers_own_tensors(digits: DatasetBundle) -> None:
+    """The process keeps the renders (a second load does not render again), and each load gets copies: what
+    one caller writes into its images never reaches the next load."""
+    again = load_dataset("digits", 32, seed=0, augment=False)
+    assert torch.equal(again.train.images, digits.train.images) and torch.equal(again.val.labels, digits.val.labels)
+    assert again.train.images.data_ptr() != digits.train.images.data_ptr()
+    again.train.images.zero_()
+    again.val.labels.fill_(3)
+    third = load_dataset("digits", 32, seed=0)
+    assert torch.equal(third.train.images, digits.train.images) and torch.equal(third.val.labels, digits.val.labels)
+    assert third.train.images.any()
+    assert (third.train.transform.mean, third.train.transform.std) == (digits.train.transform.mean,
+                                                                        digits.train.transform.std)
+
+
 def test_digits_class_balance_and_disjoint_sources() -> None:
     train, val = make_digits(seed=3, train_renders=1, val_renders=1)
     for split in (train, val):

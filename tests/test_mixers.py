@@ -579,22 +579,27 @@ def test_refiner_keeps_the_shift_mask_after_refinement(monkeypatch: pytest.Monke
 def test_dge_drop_path_applies_to_attention_and_ffn_separately(monkeypatch: pytest.MonkeyPatch) -> None:
     import mixnas.supernet.mixers.dge as dge_module
 
-    calls: list[tuple[tuple[int, ...], float]] = []
-    original = dge_module.drop_path
+    calls: list[tuple[list[int], float, Any]] = []
+    original = dge_module.DynamicGrainedEncoder.drop_masks
 
-    def spy(x: Tensor, prob: float = 0.0, training: bool = False, **kw: Any) -> Tensor:
-        calls.append((tuple(x.shape), prob))
-        return original(x, prob, training, **kw)
+    def spy(self: Any, like: Tensor, lengths: list[int], prob: float) -> Any:
+        masks = original(self, like, lengths, prob)
+        calls.append((list(lengths), prob, masks))
+        return masks
 
-    monkeypatch.setattr(dge_module, "drop_path", spy)
+    monkeypatch.setattr(dge_module.DynamicGrainedEncoder, "drop_masks", spy)
     torch.manual_seed(0)
     model = build_model(make_arch({"type": "dge", "granularities": [1, 2]}, stages=1, depth=2,
                                   drop_path_rate=0.5)).train()
     model(images())
-    # Two blocks (rates 0 and 0.5), two granularities each, attention and FFN each: 8 calls, in pairs.
-    assert len(calls) == 8
-    assert [p for _, p in calls] == [0.0] * 4 + [0.5] * 4
-    assert calls[0][0] == calls[1][0]  # the attention update and the FFN update of the same queries
+    # Two blocks (rates 0 and 0.5), the queries of both granularities in one call each.
+    assert [p for _, p, _ in calls] == [0.0, 0.5]
+    lengths, _, masks = calls[1]
+    assert len(lengths) == 2 and lengths[1] == 4 * lengths[0]  # g = 1 and g = 2: 1 and 4 queries a region
+    assert calls[0][2] is None and masks is not None
+    attn, ffn = masks
+    assert attn.shape == ffn.shape == (images().shape[0], sum(lengths), 1)
+    assert not torch.equal(attn, ffn)  # the attention update and the FFN update of a query: separate draws
 
 
 def test_dge_kv_reduction_is_a_learned_strided_conv_then_layer_norm() -> None:
@@ -687,15 +692,21 @@ def test_local_ffn_has_no_drop_path(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dge_drop_path_drops_query_tokens_not_whole_images() -> None:
     """The official DGE code drops each query's update on its own: at rate 0.5 part of every image's queries
     keeps its update and part loses it (timm's per-image drop-path keeps all or none of an image's)."""
-    from mixnas.supernet.mixers.dge import drop_path as dge_drop_path
+    from mixnas.supernet.mixers.dge import DynamicGrainedEncoder
 
+    dge = DynamicGrainedEncoder(8, 2, 2).train()
+    like = torch.zeros(6, 1, 8)
     torch.manual_seed(0)
-    updates = torch.randn(6, 64, 8) + 3.0  # no exact zeros
-    out = dge_drop_path(updates, 0.5, training=True)
-    dropped = (out == 0).all(-1)  # (B, L)
-    assert (dropped.any(1) & ~dropped.all(1)).all()  # every image: some queries dropped, some kept
-    torch.testing.assert_close(out[~dropped], updates[~dropped] / 0.5)
-    assert torch.equal(dge_drop_path(updates, 0.5, training=False), updates)
+    attn, ffn = dge.drop_masks(like, [16, 48], 0.5)
+    for mask in (attn, ffn):
+        dropped = mask[..., 0] == 0  # (B, L)
+        assert (dropped.any(1) & ~dropped.all(1)).all()  # every image: some queries dropped, some kept
+        assert set(mask.unique().tolist()) == {0.0, 2.0}  # kept updates scaled by 1 / (1 - 0.5)
+    # Drawn as one drop-path pair per granularity would draw them: group by group, attention's first.
+    torch.manual_seed(0)
+    draws = [torch.empty(6, n, 1).bernoulli_(0.5) for n in (16, 16, 48, 48)]
+    assert torch.equal(attn, torch.cat(draws[0::2], 1) / 0.5) and torch.equal(ffn, torch.cat(draws[1::2], 1) / 0.5)
+    assert dge.eval().drop_masks(like, [16, 48], 0.5) is None and dge.train().drop_masks(like, [16], 0.0) is None
 
 
 def test_refiner_on_shifted_windows_mixes_no_regions() -> None:

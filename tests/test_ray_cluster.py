@@ -167,8 +167,22 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
             proc = subprocess.Popen(search_command(run, 12, "--address", address), env=env, cwd=ROOT,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             experiment = run / "search" / "ray"
-            wait_until(lambda: len(list(experiment.glob("trial_*"))) >= 7 and running_a_trial(second.pid), 300,
-                       "a trial of the extended search on the second node")
+
+            def second_node_scores_a_new_trial() -> bool:
+                if proc.poll() is not None:
+                    raise AssertionError(
+                        f"the extended search ended (exit {proc.returncode}) before a trial was seen on the second "
+                        f"node; workers: {load_trials(run)['worker'].tolist()}; {proc.stderr.read()[-3000:]}")
+                return len(list(experiment.glob("trial_*"))) >= 7 and running_a_trial(second.pid)
+
+            try:
+                wait_until(second_node_scores_a_new_trial, 300, "a trial of the extended search on the second node")
+            except AssertionError as e:
+                if proc.poll() is None:
+                    proc.kill()
+                logs = "".join(f"\n--- {p.name}:\n" + p.read_text()[-1500:] for p in sorted(ray_tmp.glob("*.log")))
+                raise AssertionError(f"{e}; trial folders: {sorted(d.name for d in experiment.glob('trial_*'))}; "
+                                     f"search stderr: {proc.communicate()[1][-3000:]}{logs}") from None
             os.killpg(second.pid, signal.SIGKILL)
             out, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err[-3000:]

@@ -11,6 +11,7 @@ from shipped import shipped_space
 
 from mixnas import ArchConfig, ConfigError, Supernet, build_model
 from mixnas.search.profiler import count_params
+from mixnas.supernet.elastic import weights_to_be_loaded
 
 SPACES = Path(__file__).resolve().parents[1] / "mixnas" / "configs" / "spaces"
 
@@ -43,11 +44,35 @@ def test_extract_matches_the_supernet_on_50_architectures(space_name: str) -> No
     mixers_seen = set()
     for arch in archs:
         model = net.extract(arch).eval()
-        assert count_params(model) == count_params(build_model(arch))
+        with weights_to_be_loaded():  # a count needs no initialised weights
+            assert count_params(model) == count_params(build_model(arch))
         with torch.no_grad():
             torch.testing.assert_close(model(x), net(x, arch), atol=1e-5, rtol=0)
         mixers_seen.update(s.mixer.type for s in arch.stages)
     assert mixers_seen == {"window_attn", "dwconv", "dyn_dwconv", "refiner", "dge"}
+
+
+def test_a_model_built_for_loading_skips_only_the_random_initialisation() -> None:
+    """``weights_to_be_loaded`` (used by ``extract``) leaves the same tensors and the same fixed values (zero
+    biases, LayerNorm's ones, the non-persistent index buffers) and skips only the random draws."""
+    arch = shipped_space(SPACES / "demo.yaml").largest("window_attn")
+    torch.manual_seed(0)
+    initialised = build_model(arch)
+    state = torch.random.get_rng_state()
+    with weights_to_be_loaded():
+        loadable = build_model(arch)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no random draw was made
+    full, bare = dict(initialised.named_buffers()), dict(loadable.named_buffers())
+    assert full.keys() == bare.keys() and any(".index_" in k for k in full)  # the non-persistent index
+    for name, buffer in full.items():
+        assert torch.equal(bare[name], buffer), name
+    params = dict(loadable.named_parameters())
+    for name, p in initialised.named_parameters():
+        assert params[name].shape == p.shape
+        if p.numel() > 1 and bool((p == p.flatten()[0]).all()):  # a fixed value (zeros, ones), not a draw
+            assert torch.equal(params[name], p), name
+    torch.manual_seed(0)
+    assert torch.equal(build_model(arch).head.weight, initialised.head.weight)  # initialised again after the block
 
 
 def test_architecture_outside_the_space_is_refused() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from timm.layers import drop_path, trunc_normal_
+from timm.layers import drop_path
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -31,6 +31,7 @@ from mixnas.supernet.elastic import (
     ElasticLinear,
     active_slice,
     batch_norm_nhwc,
+    trunc_normal_init_,
 )
 from mixnas.supernet.ffn import ElasticMlp, LocalFFN
 from mixnas.supernet.mixers import BlockParts, DynamicCost, MixerContext, budget_loss
@@ -216,7 +217,7 @@ class MixerNet(nn.Module):
         n_tokens = resolutions[0] ** 2
         self.pos_embed = nn.Parameter(torch.zeros(1, n_tokens, first)) if space.pos_embed else None
         if self.pos_embed is not None:
-            trunc_normal_(self.pos_embed, std=0.02)
+            trunc_normal_init_(self.pos_embed, std=0.02)
         self.stages = nn.ModuleList(
             Stage(lim, self.limits[i - 1].dim if i > 0 and space.layout == "hierarchical" else None, eps)
             for i, lim in enumerate(self.limits)

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from mixnas.errors import ConfigError
 from mixnas.search_space import ArchConfig, SearchSpace
 from mixnas.supernet.backbone import MixerNet, build_model
-from mixnas.supernet.elastic import active_slice
+from mixnas.supernet.elastic import active_slice, weights_to_be_loaded
 
 
 def owner_and_name(model: nn.Module, key: str) -> tuple[nn.Module, str]:
@@ -55,7 +55,8 @@ class Supernet(MixerNet):
         (recalibrate them for the subnet before evaluating, see ``mixnas.supernet.training``).
         """
         self.check(arch)
-        model = build_model(arch)
+        with weights_to_be_loaded():  # every parameter and persistent buffer is loaded below (strict)
+            model = build_model(arch)
         shared = self.state_dict()
         state = {}
         for key, target in model.state_dict().items():

@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from mixnas.errors import ConfigError
@@ -55,7 +54,13 @@ from mixnas.search_space import (
     StageChoices,
     StageConfig,
 )
-from mixnas.supernet.elastic import ElasticBatchNorm2d, ElasticConv2d, ElasticLayerNorm, ElasticLinear
+from mixnas.supernet.elastic import (
+    ElasticBatchNorm2d,
+    ElasticConv2d,
+    ElasticLayerNorm,
+    ElasticLinear,
+    trunc_normal_init_,
+)
 from mixnas.supernet.mixers._api import BlockParts, DynamicCost, ExportForm, MixerContext
 
 FINEST_PROBABILITY = 0.95  # the router starts by sending 95% of regions to the finest granularity
@@ -71,19 +76,6 @@ def router_prior(granularities: Sequence[int], device: torch.device | None = Non
     p[-1] = FINEST_PROBABILITY
     return p.log()
 
-
-
-def drop_path(x: Tensor, prob: float = 0.0, training: bool = False) -> Tensor:
-    """DGE's drop-path, as the official code (``deit_dge.py``, ``pvt_dge.py``) applies it: per query token.
-
-    x: (B, L, C) updates of L queries. Each query's update is dropped on its own with probability ``prob``
-    and the kept ones scaled by 1 / (1 - prob); timm's drop-path would drop a whole image's updates.
-    """
-    if prob == 0.0 or not training:
-        return x
-    keep = 1.0 - prob
-    mask = x.new_empty(x.shape[:2] + (1,) * (x.ndim - 2)).bernoulli_(keep)
-    return x * mask / keep
 
 class DynamicGrainedEncoder(ExportForm, nn.Module):
     """Router, sparse-query attention and the bookkeeping to gather and scatter queries.
@@ -110,7 +102,7 @@ class DynamicGrainedEncoder(ExportForm, nn.Module):
         self.pos_conv = ElasticConv2d(dim, dim, 3, depthwise=True) if pos_conv else None
         self.pos_bn = ElasticBatchNorm2d(dim) if pos_conv else None
         with torch.no_grad():
-            trunc_normal_(self.router.weight, std=0.01)
+            trunc_normal_init_(self.router.weight, std=0.01)
             assert self.router.bias is not None
             self.router.bias.zero_()
 
@@ -146,11 +138,36 @@ class DynamicGrainedEncoder(ExportForm, nn.Module):
         return self.proj(attn, c, heads=heads)
 
     def query_update(self, tokens: Tensor, k: Tensor, v: Tensor, parts: BlockParts, heads: int,
-                     drop_prob: float = 0.0) -> Tensor:
-        """tokens: (B, L, C) pooled queries -> (B, L, C) their update from attention and the FFN."""
-        y = tokens + drop_path(self.attend(tokens, k, v, parts, heads), drop_prob, self.training)
-        y = y + drop_path(parts.ffn(parts.norm2(y)), drop_prob, self.training)
+                     drop_masks: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """tokens: (B, L, C) pooled queries -> (B, L, C) their update from attention and the FFN.
+
+        Each query is on its own: it attends to the keys and values, not to the other queries, and the FFN
+        and norms are per token. ``drop_masks``: the (B, L, 1) keep masks of attention's and the FFN's
+        drop-path (``drop_masks``), already divided by the keep probability."""
+        attn_keep, ffn_keep = drop_masks if drop_masks is not None else (None, None)
+        attn = self.attend(tokens, k, v, parts, heads)
+        y = tokens + (attn if attn_keep is None else attn * attn_keep)
+        ffn = parts.ffn(parts.norm2(y))
+        y = y + (ffn if ffn_keep is None else ffn * ffn_keep)
         return y - tokens
+
+    def drop_masks(self, like: Tensor, lengths: Sequence[int], prob: float) -> tuple[Tensor, Tensor] | None:
+        """DGE's drop-path as the official code (``deit_dge.py``, ``pvt_dge.py``) applies it: per query token.
+
+        Keep masks (B, sum(lengths), 1) for attention's and the FFN's updates of queries in groups of
+        ``lengths`` (one per granularity): each query's update is dropped on its own with probability
+        ``prob``, the kept ones scaled by 1 / (1 - prob) (timm's drop-path would drop a whole image's
+        updates). None when nothing is dropped (``prob`` 0 or evaluation). Drawn group by group, attention's
+        mask before the FFN's, as with one call of the pair per granularity."""
+        if prob == 0.0 or not self.training:
+            return None
+        keep = 1.0 - prob
+        b = like.shape[0]
+        attn, ffn = [], []
+        for n in lengths:
+            attn.append(like.new_empty(b, n, 1).bernoulli_(keep))
+            ffn.append(like.new_empty(b, n, 1).bernoulli_(keep))
+        return torch.cat(attn, 1) / keep, torch.cat(ffn, 1) / keep
 
     @staticmethod
     def pool_queries(x: Tensor, region: int, g: int) -> Tensor:
@@ -215,18 +232,22 @@ class DynamicGrainedEncoder(ExportForm, nn.Module):
         self, x: Tensor, k: Tensor, v: Tensor, gates: Tensor, parts: BlockParts, heads: int, gs: list[int],
         drop_prob: float,
     ) -> tuple[Tensor, int]:
-        """Every granularity for every region, combined by the one-hot gates (B, H/S, W/S, n)."""
+        """Every granularity for every region, combined by the one-hot gates (B, H/S, W/S, n).
+
+        The queries of every granularity go through attention and the FFN as one sequence (B, sum L_g, C):
+        one call of each instead of one per granularity, the same outputs (each query is on its own)."""
         b, h, w, c = x.shape
         s = max(gs)
+        pooled = [self.pool_queries(x, s, g) for g in gs]
+        lengths = [t.shape[1] * t.shape[2] for t in pooled]
+        tokens = torch.cat([t.reshape(b, -1, c) for t in pooled], 1)
+        deltas = self.query_update(tokens, k, v, parts, heads, self.drop_masks(tokens, lengths, drop_prob))
+        computed = deltas.shape[0] * deltas.shape[1]
         update = x.new_zeros(b, h, w, c)
-        computed = 0
-        for j, g in enumerate(gs):
+        for j, (g, t, delta) in enumerate(zip(gs, pooled, deltas.split(lengths, 1))):
             p = s // g
-            tokens = self.pool_queries(x, s, g)
-            hq, wq = tokens.shape[1], tokens.shape[2]
-            delta = self.query_update(tokens.reshape(b, -1, c), k, v, parts, heads, drop_prob)
-            computed += delta.shape[0] * delta.shape[1]
-            delta = delta.view(b, hq, 1, wq, 1, c).expand(b, hq, p, wq, p, c).reshape(b, h, w, c)
+            hq, wq = t.shape[1], t.shape[2]
+            delta = delta.reshape(b, hq, 1, wq, 1, c).expand(b, hq, p, wq, p, c).reshape(b, h, w, c)
             gate = gates[..., j].repeat_interleave(s, 1).repeat_interleave(s, 2)[..., None]
             update = update + gate * delta
         return update, computed

@@ -19,12 +19,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
 from torch import Tensor, nn
 
 from mixnas.errors import ConfigError
 from mixnas.search_space import BoolParam, IntParam, MixerConfig, MixerSpec, StageChoices, StageConfig
-from mixnas.supernet.elastic import ElasticLinear, active_slice
+from mixnas.supernet.elastic import ElasticLinear, active_slice, trunc_normal_init_
 from mixnas.supernet.mixers._api import ExportForm, MixerContext
 
 # Added to the scores of pairs across the borders of rolled regions. Swin adds -100: after the softmax such a
@@ -123,7 +122,7 @@ class RelativePositionBias(nn.Module):
         super().__init__()
         self.window = window
         self.table = nn.Parameter(torch.zeros(heads, 2 * window - 1, 2 * window - 1))
-        trunc_normal_(self.table, std=0.02)
+        trunc_normal_init_(self.table, std=0.02)
         for w in sorted({*windows, window}):
             if w <= window:
                 self.register_buffer(f"index_{w}", relative_position_index(w).clone(), persistent=False)

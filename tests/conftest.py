@@ -19,8 +19,10 @@ os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="mixnas-test-config-")
 # `make test` runs the suite on two pytest-xdist workers (``-n 2 --dist loadgroup``). The tests that start
 # process trees run one after another within their group, each group on one worker: the Ray tests (two
 # local Ray instances on one machine would find each other's cluster and share Ray's token file) and the
-# launchers (torchrun, the CLI under a lock). The groups go first, so that the long ones do not end the
-# run alone. Each worker keeps torch to one thread: two workers do not oversubscribe the two cores.
+# launchers (torchrun, the CLI under a lock). The groups go first, then the files that hold slow tests, so
+# that no long test ends the run alone while the other worker idles (xdist hands tests out in this order);
+# each file's tests keep their order, so its module fixtures are made once a worker. Each worker keeps
+# torch to one thread: two workers do not oversubscribe the two cores.
 SERIAL_GROUPS = {
     "ray": {"test_ray_runner.py", "test_ray_cluster.py", "test_plugins.py", "test_ranking.py"},
     "launchers": {"test_training.py", "test_lock.py"},
@@ -35,7 +37,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.path.name in group_of:
             item.add_marker(pytest.mark.xdist_group(group_of[item.path.name]))
-    items.sort(key=lambda item: item.path.name not in group_of)  # stable: the groups first, order kept
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    # Stable: the groups first, then the files with slow tests, each file's order kept.
+    items.sort(key=lambda item: (item.path.name not in group_of, item.path not in slow_files))
 
 
 @pytest.fixture(autouse=True)

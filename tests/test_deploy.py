@@ -13,6 +13,7 @@ import builtins
 import random
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 from shipped import reduced
@@ -90,6 +91,11 @@ def test_onnx_runtime_equals_eager_on_every_reference(name: str, tmp_path: Path)
     got = onnx_run(onnx_session(path, threads=1), x)
     assert (got - expected).abs().max().item() <= TOLERANCE
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no temporary left
+    # No node carries the stack trace of mixnas's code (this machine's file paths; torch's own passes still
+    # name their relative paths), and tracing records them again afterwards.
+    traces = [p.value for n in onnx.load(path).graph.node for p in n.metadata_props if "stack_trace" in p.key]
+    assert traces and not [t for t in traces if 'File "/' in t or "mixnas" in t], traces[:3]
+    assert not torch.fx.config.do_not_emit_stack_traces
 
 
 class _Several(nn.Module):

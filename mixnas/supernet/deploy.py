@@ -17,9 +17,12 @@ from __future__ import annotations
 import importlib
 import io
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import torch.fx.config as fx_config
 from torch import Tensor, nn
 
 from mixnas.atomic import atomic_write, atomic_write_bytes
@@ -30,6 +33,20 @@ FORMATS = ("onnx", "torch-export")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2"}
 OPSET = 18
 MAX_BATCH = 4096
+
+
+@contextmanager
+def _without_stack_traces() -> Iterator[None]:
+    """Trace without recording each operation's Python stack trace (``torch.fx.config``): the exporters would
+    otherwise write the exporting machine's file paths into every node's metadata
+    (``pkg.torch.onnx.stack_trace``, a fifth of the file), and recording them is about a tenth of an export's time
+    (``docs/benchmarks/export_stack_traces.md``)."""
+    saved = fx_config.do_not_emit_stack_traces
+    fx_config.do_not_emit_stack_traces = True
+    try:
+        yield
+    finally:
+        fx_config.do_not_emit_stack_traces = saved
 _DEPLOY_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}
 
 
@@ -55,7 +72,7 @@ def export_program(model: nn.Module, example: Tensor | None = None) -> torch.exp
     model = model.eval()
     x = example if example is not None else example_input(model)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    with export_form_of(model), torch.no_grad():
+    with export_form_of(model), torch.no_grad(), _without_stack_traces():
         return torch.export.export(model, (x,), dynamic_shapes=({0: batch},), strict=False)
 
 
@@ -71,7 +88,7 @@ def export_onnx(model: nn.Module, path: str | Path, example: Tensor | None = Non
     path = Path(path)
 
     def write(tmp: str) -> None:
-        with export_form_of(model), torch.no_grad(), warnings.catch_warnings():
+        with export_form_of(model), torch.no_grad(), _without_stack_traces(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(model, (x,), dynamo=True, dynamic_shapes=({0: batch},),
                                         input_names=["images"], output_names=["logits"], opset_version=opset,

@@ -1,8 +1,8 @@
 """Real Ray clusters on this machine (slow): a two-node cluster started with Ray's own CLI runs a search
-whose trials land on both nodes, and when the second node is killed mid-search the search finishes on the
-survivor with every trial complete once; ``--backend ray`` without an address starts a local instance
-despite a stale cluster file and joins a live cluster (saying so); a local instance dies with a
-``kill -9``-ed driver; Ray's private loopback flag still exists."""
+whose trials land on both nodes, and when the second node is killed mid-search (while a trial there is held
+in its evaluation) the search finishes on the survivor with every trial complete once; ``--backend ray``
+without an address starts a local instance despite a stale cluster file and joins a live cluster (saying
+so); a local instance dies with a ``kill -9``-ed driver; Ray's private loopback flag still exists."""
 
 from __future__ import annotations
 
@@ -99,14 +99,62 @@ def ray_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     shutil.rmtree(root, ignore_errors=True)
 
 
+# Put on a node's PYTHONPATH: while the file MIXNAS_TEST_HOLD names exists, every candidate that node's Ray
+# workers score waits before scoring, so a trial there is still running when the node is killed (without it
+# the trial could end between the test seeing it and the kill, and nothing would be interrupted).
+HOLD_HOOK = """
+import importlib.abc, os, sys, time
+from pathlib import Path
+
+HOLD = Path(os.environ["MIXNAS_TEST_HOLD"])
+
+
+class _HoldEvaluations(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "mixnas.search.evaluator":
+            return None
+        for finder in sys.meta_path:
+            spec = None if finder is self else finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        exec_module = spec.loader.exec_module
+
+        def exec_and_hold(module):
+            exec_module(module)
+            evaluate = module.CandidateEvaluator.evaluate
+
+            def held(self, *args, **kwargs):
+                while HOLD.exists():
+                    HOLD.with_suffix(".held").touch()  # tells the test the hook works on this node
+                    time.sleep(0.2)
+                return evaluate(self, *args, **kwargs)
+
+            module.CandidateEvaluator.evaluate = held
+
+        spec.loader.exec_module = exec_and_hold
+        return spec
+
+
+sys.meta_path.insert(0, _HoldEvaluations())
+"""
+
+
 @contextlib.contextmanager
-def node(args: list[str], ray_tmp: Path, name: str) -> Iterator[subprocess.Popen]:
+def node(args: list[str], ray_tmp: Path, name: str, hold: Path | None = None) -> Iterator[subprocess.Popen]:
     """A Ray node started with ``ray start ... --block``; stopped (its whole tree) at the end."""
     # Ray 2.60's `ray start` turns on token authentication (token in ~/.ray/auth_token); a joining node
     # sends it only in token mode. On SIGTERM a node drains for up to 30 s before it stops (for Ray Serve's
     # replicas); nothing here needs draining, so it stops at once.
     env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "OMP_NUM_THREADS": "1", "RAY_AUTH_MODE": "token",
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    if hold is not None:  # the node's workers hold their evaluations while the file ``hold`` exists
+        hook = ray_tmp / f"{name}-hook"
+        hook.mkdir()
+        (hook / "sitecustomize.py").write_text(HOLD_HOOK)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH", "")) if p)
+        env["MIXNAS_TEST_HOLD"] = str(hold)
     log = open(ray_tmp / f"{name}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen([str(BIN / "ray"), "start", *args, "--block", "--disable-usage-stats"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -147,10 +195,12 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
         address = live_cluster_address()
         worker_args = ["--address", address, "--num-cpus", "1", "--dashboard-agent-listen-port", "0",
                        "--min-worker-port", "0", "--max-worker-port", "0", "--temp-dir", str(ray_tmp / "w")]
-        with node(worker_args, ray_tmp, "worker") as second:
+        hold = ray_tmp / "hold-evaluations"
+        with node(worker_args, ray_tmp, "worker", hold=hold) as second:
             assert start_ray(RaySettings(address=address))
             try:
                 wait_until(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 60, "the second node")
+                (head_id,) = [n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n["Resources"]]
             finally:
                 stop_ray()
 
@@ -163,7 +213,10 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
             assert table["worker"].str.len().gt(0).all()
             assert table["worker"].nunique() == 2, table["worker"].tolist()
 
-            # 6 more; the second node is killed while it scores one: that trial runs again on the head.
+            # 6 more; the second node is killed while it scores one (held until then): that trial runs again on
+            # the head.
+            hold.touch()
+            held = hold.with_suffix(".held")
             proc = subprocess.Popen(search_command(run, 12, "--address", address), env=env, cwd=ROOT,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             experiment = run / "search" / "ray"
@@ -173,7 +226,8 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
                     raise AssertionError(
                         f"the extended search ended (exit {proc.returncode}) before a trial was seen on the second "
                         f"node; workers: {load_trials(run)['worker'].tolist()}; {proc.stderr.read()[-3000:]}")
-                return len(list(experiment.glob("trial_*"))) >= 7 and running_a_trial(second.pid)
+                # A trial of the second node waits in its evaluation (the hook says so) until the node dies.
+                return held.is_file() and running_a_trial(second.pid)
 
             try:
                 wait_until(second_node_scores_a_new_trial, 300, "a trial of the extended search on the second node")
@@ -183,14 +237,21 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
                 logs = "".join(f"\n--- {p.name}:\n" + p.read_text()[-1500:] for p in sorted(ray_tmp.glob("*.log")))
                 raise AssertionError(f"{e}; trial folders: {sorted(d.name for d in experiment.glob('trial_*'))}; "
                                      f"search stderr: {proc.communicate()[1][-3000:]}{logs}") from None
+            tree = descendants(second.pid)  # the node's raylet and workers, whatever process group they are in
             os.killpg(second.pid, signal.SIGKILL)
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            hold.unlink()
             out, err = proc.communicate(timeout=600)
             assert proc.returncode == 0, err[-3000:]
     table = load_trials(run)
     assert len(table) == 12 and (table["state"] == "COMPLETE").all(), table[["number", "state", "failure_reason"]]
     assert table["arch_id"].is_unique and list(table["number"]) == list(range(12))
-    retried = [d for d in experiment.glob("trial_*") if (d / "error.txt").is_file()]
-    assert retried, "no trial was interrupted by the node's death (the kill came too late)"
+    # The trial held on the second node could not finish there (it waited until the node died): it, and every
+    # other trial of the extended search, was scored on the head.
+    extended = table[table["number"] >= 6]
+    assert extended["worker"].str.endswith("/" + head_id[:8]).all(), table[["number", "worker"]].to_string()
 
 
 def test_loopback_flag_still_exists() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from PIL import Image
 from torch.utils.data import TensorDataset
 
 from mixnas.data import DataError, DatasetBundle, load_dataset, make_loader
-from mixnas.data.digits import _digit_bank, make_digits, render_digits, split_sources
+from mixnas.data import digits as digits_module
+from mixnas.data.digits import _digit_bank, make_digits, render_digits, source_digits, split_sources
 from mixnas.data.loaders import TensorTransform
 
 # ---------------------------------------------------------------------------------------------------------
@@ -74,6 +76,22 @@ def test_digits_loaded_again_are_the_same_renders_in_the_callers_own_tensors(dig
     assert third.train.images.any()
     assert (third.train.transform.mean, third.train.transform.std) == (digits.train.transform.mean,
                                                                         digits.train.transform.std)
+
+
+def test_the_source_digits_are_scikit_learns_read_without_importing_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.datasets import load_digits
+
+    reference = load_digits()
+    # Read from scikit-learn's file while ``import sklearn.datasets`` fails (a None entry in sys.modules).
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    images, labels = source_digits()
+    assert images.dtype == reference.images.dtype and np.array_equal(images, reference.images)
+    assert labels.dtype == np.int64 and np.array_equal(labels, reference.target)
+    # Where scikit-learn is not found as a folder of files, its own loader reads them: the same arrays.
+    monkeypatch.delitem(sys.modules, "sklearn.datasets")
+    monkeypatch.setattr(digits_module.importlib.util, "find_spec", lambda name: None)
+    again, again_labels = source_digits()
+    assert np.array_equal(again, images) and np.array_equal(again_labels, labels) and again_labels.dtype == np.int64
 
 
 def test_digits_class_balance_and_disjoint_sources() -> None:

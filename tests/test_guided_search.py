@@ -21,9 +21,10 @@ from mixnas import SearchSpace, build_model
 from mixnas.packaged import SPACES_DIR, packaged_path
 from mixnas.results.reference_point import space_reference_point
 from mixnas.results.table import versus_references
+from mixnas.search import cost_table as cost_table_module
 from mixnas.search._shared import Limits, trial_record
 from mixnas.search.cost import model_gflops
-from mixnas.search.cost_table import CostTable
+from mixnas.search.cost_table import CostTable, count_components
 from mixnas.search.encoding import ArchCodec
 from mixnas.search.evaluator import CandidateEvaluator
 from mixnas.search.guided import GuidedSampler
@@ -31,6 +32,7 @@ from mixnas.search.optuna_runner import SearchSettings, open_study, run_optuna_s
 from mixnas.search.predictor import AccuracyPredictor, kendall_tau
 from mixnas.search.profiler import count_params
 from mixnas.search.robust_latency import RobustLatency
+from mixnas.search_space.registry import get_mixer, register_mixer
 from mixnas.supernet import Supernet
 from mixnas.supernet.checkpoint import save_weights
 from mixnas.training import TrainConfig
@@ -96,6 +98,36 @@ def test_a_cached_table_is_reused_and_a_damaged_one_recounted(tmp_path: Path) ->
     path.write_text("{not json")
     assert CostTable.for_space(space, path).counts == first.counts
 
+
+
+def test_a_process_counts_a_space_once_and_leaves_the_callers_random_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    space = SearchSpace.from_dict(TINY_SPACE)
+    monkeypatch.setattr(cost_table_module, "_counted", {})  # nothing kept from earlier tests
+    traced: list[int] = []
+    real = cost_table_module.count_flops
+    monkeypatch.setattr(cost_table_module, "count_flops", lambda *a: traced.append(1) or real(*a))
+
+    def count() -> tuple[dict[str, tuple[int, int]], int]:
+        torch.manual_seed(123)
+        state = torch.random.get_rng_state()
+        before = len(traced)
+        counts = count_components(space)
+        assert torch.equal(torch.random.get_rng_state(), state)  # counted or kept, the caller's stream goes on
+        return counts, len(traced) - before
+
+    first, n = count()
+    assert n == len(first) > 0  # counted: one trace per component
+    again, n = count()
+    assert n == 0 and again == first and again is not count_components(space)  # kept; each caller its own dict
+    # A mixer registered again (a plug-in reloaded, say) may count differently: its spaces are counted again.
+    mixer = space.stages[0].mixers[0].type
+    original = get_mixer(mixer)
+    register_mixer(type(original)(), replace=True)
+    try:
+        recounted, n = count()
+    finally:
+        register_mixer(original, replace=True)
+    assert n == len(first) and recounted == first
 
 # ----------------------------------------------------------------------------------------- predictor
 def test_the_predictor_learns_an_additive_effect(demo_space: SearchSpace) -> None:

@@ -101,12 +101,16 @@ def ray_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 # Put on a node's PYTHONPATH: while the file MIXNAS_TEST_HOLD names exists, every candidate that node's Ray
 # workers score waits before scoring, so a trial there is still running when the node is killed (without it
-# the trial could end between the test seeing it and the kill, and nothing would be interrupted).
+# the trial could end between the test seeing it and the kill, and nothing would be interrupted). A node
+# given MIXNAS_TEST_RELEASE first removes that file (the other node's hold) whenever it starts scoring: the
+# head holds its trial until the second node has one, so that the head cannot score them all while the second
+# node's worker is still starting (it did, once the workers scored faster).
 HOLD_HOOK = """
 import importlib.abc, os, sys, time
 from pathlib import Path
 
 HOLD = Path(os.environ["MIXNAS_TEST_HOLD"])
+RELEASE = os.environ.get("MIXNAS_TEST_RELEASE")
 
 
 class _HoldEvaluations(importlib.abc.MetaPathFinder):
@@ -126,6 +130,8 @@ class _HoldEvaluations(importlib.abc.MetaPathFinder):
             evaluate = module.CandidateEvaluator.evaluate
 
             def held(self, *args, **kwargs):
+                if RELEASE:
+                    Path(RELEASE).unlink(missing_ok=True)  # the other node goes on
                 while HOLD.exists():
                     HOLD.with_suffix(".held").touch()  # tells the test the hook works on this node
                     time.sleep(0.2)
@@ -142,8 +148,10 @@ sys.meta_path.insert(0, _HoldEvaluations())
 
 
 @contextlib.contextmanager
-def node(args: list[str], ray_tmp: Path, name: str, hold: Path | None = None) -> Iterator[subprocess.Popen]:
-    """A Ray node started with ``ray start ... --block``; stopped (its whole tree) at the end."""
+def node(args: list[str], ray_tmp: Path, name: str, hold: Path | None = None, release: Path | None = None,
+         ) -> Iterator[subprocess.Popen]:
+    """A Ray node started with ``ray start ... --block``; stopped (its whole tree) at the end. ``hold`` and
+    ``release``: the files of HOLD_HOOK's MIXNAS_TEST_HOLD and MIXNAS_TEST_RELEASE."""
     # Ray 2.60's `ray start` turns on token authentication (token in ~/.ray/auth_token); a joining node
     # sends it only in token mode. On SIGTERM a node drains for up to 30 s before it stops (for Ray Serve's
     # replicas); nothing here needs draining, so it stops at once.
@@ -155,6 +163,8 @@ def node(args: list[str], ray_tmp: Path, name: str, hold: Path | None = None) ->
         (hook / "sitecustomize.py").write_text(HOLD_HOOK)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH", "")) if p)
         env["MIXNAS_TEST_HOLD"] = str(hold)
+        if release is not None:
+            env["MIXNAS_TEST_RELEASE"] = str(release)
     log = open(ray_tmp / f"{name}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen([str(BIN / "ray"), "start", *args, "--block", "--disable-usage-stats"],
                             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -190,13 +200,14 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     head_args = ["--head", "--node-ip-address", "127.0.0.1", "--port", str(port), "--num-cpus", "1",
                  "--include-dashboard", "false"]
-    with node(head_args, ray_tmp, "head"):
+    head_hold = ray_tmp / "hold-head"
+    with node(head_args, ray_tmp, "head", hold=head_hold):
         wait_until(lambda: live_cluster_address() is not None, 60, "the head node")
         address = live_cluster_address()
         worker_args = ["--address", address, "--num-cpus", "1", "--dashboard-agent-listen-port", "0",
                        "--min-worker-port", "0", "--max-worker-port", "0", "--temp-dir", str(ray_tmp / "w")]
         hold = ray_tmp / "hold-evaluations"
-        with node(worker_args, ray_tmp, "worker", hold=hold) as second:
+        with node(worker_args, ray_tmp, "worker", hold=hold, release=head_hold) as second:
             assert start_ray(RaySettings(address=address))
             try:
                 wait_until(lambda: len([n for n in ray.nodes() if n["Alive"]]) == 2, 60, "the second node")
@@ -204,7 +215,9 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
             finally:
                 stop_ray()
 
-            # 6 trials with one CPU per node and two at a time: both nodes take some.
+            # 6 trials with one CPU per node and two at a time: both nodes take some (the head holds its first
+            # trial until the second node starts scoring one).
+            head_hold.touch()
             first = subprocess.run(search_command(run, 6, "--address", address), env=env, cwd=ROOT,
                                    capture_output=True, text=True, timeout=600)
             assert first.returncode == 0, first.stderr[-3000:]
@@ -214,8 +227,9 @@ def test_two_nodes_share_the_trials_and_a_dead_node_loses_nothing(run: Path, ray
             assert table["worker"].nunique() == 2, table["worker"].tolist()
 
             # 6 more; the second node is killed while it scores one (held until then): that trial runs again on
-            # the head.
+            # the head. The head again holds its first until the second node has one.
             hold.touch()
+            head_hold.touch()
             held = hold.with_suffix(".held")
             proc = subprocess.Popen(search_command(run, 12, "--address", address), env=env, cwd=ROOT,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -1,8 +1,9 @@
 """The embedded default dataset: real handwritten digits rendered into cluttered colour canvases.
 
 The source images are scikit-learn's 1797 8x8 handwritten digits (shipped inside scikit-learn, so nothing
-is downloaded). As they come they are saturated: a small network gets ~99% of them right, which leaves
-no room to tell architectures apart. Each render therefore
+is downloaded; ``source_digits`` reads its file without importing ``sklearn.datasets``). As they come they
+are saturated: a small network gets ~99% of them right, which leaves no room to tell architectures apart.
+Each render therefore
 
 - scales one digit to 12..16 px (on a 32 px canvas; proportionally on other canvases) and puts it at a
   random position,
@@ -21,7 +22,10 @@ identical tensors.
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,6 +56,28 @@ class DigitRenders:
     images: torch.Tensor
     labels: torch.Tensor
     source_index: torch.Tensor
+
+
+def source_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's handwritten digits: images float64 (1797, 8, 8), ink 0..16, and labels int64 (1797,),
+    as ``sklearn.datasets.load_digits`` gives them.
+
+    Read from the file scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``), found without importing
+    scikit-learn: importing ``sklearn.datasets`` imports SciPy, about a second of CPU in every process that
+    loads the digits (each Ray worker, each torchrun rank), and nothing else in those processes needs it.
+    Where the file is not at that place, scikit-learn's own loader reads it.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as f:
+                data = np.loadtxt(f, delimiter=",")
+            return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images, digits.target.astype(np.int64)
 
 
 def split_sources(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -193,9 +219,6 @@ def make_digits(
         val_renders: renders of each val source digit.
         val_fraction: the share of source digits (per class) held out for val.
     """
-    # Imported here: scikit-learn takes seconds to import and only the digits task needs it.
-    from sklearn.datasets import load_digits
-
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
     if canvas_size < 8:
@@ -205,9 +228,8 @@ def make_digits(
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
 
-    digits = load_digits()
-    sources = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8), ink intensity in [0, 1]
-    labels = digits.target.astype(np.int64)
+    images, labels = source_digits()
+    sources = (images / 16.0).astype(np.float32)  # (1797, 8, 8), ink intensity in [0, 1]
     train_idx, val_idx = split_sources(labels, val_fraction, seed)
     size_lo, size_hi = _scaled(DIGIT_SIZE, canvas_size)
     bank = _digit_bank(sources, range(size_lo, size_hi + 1))

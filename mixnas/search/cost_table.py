@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,16 +45,32 @@ def _space_digest(space: SearchSpace) -> str:
     return hashlib.sha256(json.dumps(space.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+COUNTS_KEPT = 8  # spaces whose counts a process keeps (a few hundred entries each)
+_counted: dict[tuple[Any, ...], dict[str, tuple[int, int]]] = {}
+
+
 @torch.no_grad()
 def count_components(space: SearchSpace) -> dict[str, tuple[int, int]]:
-    """component key -> (FLOPs as multiply-adds at batch 1, parameters), each component built alone."""
-    torch.manual_seed(0)
-    out = {}
-    for c in space_components(space, batch_size=1):
-        module, call = c.build()
-        module.eval()
-        out[c.key] = (count_flops(_Call(module, call), torch.randn(c.input_shape)), count_params(module))
-    return out
+    """component key -> (FLOPs as multiply-adds at batch 1, parameters), each component built alone.
+
+    A process counts a space once: the counts are kept for its next table of the same space (its digest)
+    with the same registered mixer specs (a spec registered again is counted again), the last
+    ``COUNTS_KEPT`` spaces. Counting draws its inputs and DGE's initial routers from its own seeded stream,
+    so the caller's random state is the same whether the counts were kept or counted.
+    """
+    key = (_space_digest(space), tuple(m.spec for st in space.stages for m in st.mixers))
+    if key not in _counted:
+        out = {}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for c in space_components(space, batch_size=1):
+                module, call = c.build()
+                module.eval()
+                out[c.key] = (count_flops(_Call(module, call), torch.randn(c.input_shape)), count_params(module))
+        if len(_counted) >= COUNTS_KEPT:
+            _counted.pop(next(iter(_counted)))
+        _counted[key] = out
+    return dict(_counted[key])
 
 
 class CostTable:

@@ -41,6 +41,16 @@ def trunc_normal_init_(t: Tensor, std: float = 0.02) -> None:
         trunc_normal_(t, std=std)
 
 
+def conv_init_(weight: Tensor, bias: Tensor | None) -> None:
+    """PyTorch's default ``Conv2d`` initialisation (Kaiming-uniform weight, uniform bias within
+    1/sqrt(fan-in)), unless inside ``weights_to_be_loaded``."""
+    if _INITIALISE.get():
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if bias is not None:
+            bound = 1 / math.sqrt(weight[0].numel())
+            nn.init.uniform_(bias, -bound, bound)
+
+
 def active_slice(t: Tensor, shape: Sequence[int], centred: Sequence[int] = ()) -> Tensor:
     """The leading (or, for ``centred`` dims, central) ``shape``-sized part of ``t``; ``t`` itself if equal."""
     if tuple(t.shape) == tuple(shape):
@@ -249,13 +259,7 @@ class ElasticConv2d(nn.Module):
         fan_in_ch = 1 if depthwise else in_channels
         self.weight = nn.Parameter(torch.empty(out_channels, fan_in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        # PyTorch's default Conv2d initialisation.
-        if not _INITIALISE.get():
-            return
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        if self.bias is not None:
-            bound = 1 / math.sqrt(fan_in_ch * kernel_size * kernel_size)
-            nn.init.uniform_(self.bias, -bound, bound)
+        conv_init_(self.weight, self.bias)
 
     def forward(self, x: Tensor, out_channels: int | None = None, kernel_size: int | None = None) -> Tensor:
         """x: (B, C_in, H, W) -> (B, C_out, H', W')."""

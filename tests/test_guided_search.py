@@ -24,14 +24,16 @@ from mixnas.results.table import versus_references
 from mixnas.search import cost_table as cost_table_module
 from mixnas.search._shared import Limits, trial_record
 from mixnas.search.cost import model_gflops
-from mixnas.search.cost_table import CostTable, count_components
+from mixnas.search.cost_table import CostTable, count_components, ffn_key, mix_key
 from mixnas.search.encoding import ArchCodec
 from mixnas.search.evaluator import CandidateEvaluator
 from mixnas.search.guided import GuidedSampler
+from mixnas.search.latency_lut import _block_builder, _Call, block_key
 from mixnas.search.optuna_runner import SearchSettings, open_study, run_optuna_search, warm_start_archs
 from mixnas.search.predictor import AccuracyPredictor, kendall_tau
-from mixnas.search.profiler import count_params
+from mixnas.search.profiler import count_flops, count_params
 from mixnas.search.robust_latency import RobustLatency
+from mixnas.search_space import StageConfig
 from mixnas.search_space.registry import get_mixer, register_mixer
 from mixnas.supernet import Supernet
 from mixnas.supernet.checkpoint import save_weights
@@ -78,6 +80,32 @@ def test_the_cost_table_equals_fvcore_on_whole_networks(demo_space: SearchSpace,
         gflops, _, _ = model_gflops(model, arch)
         assert demo_table.arch_cost(arch) == (pytest.approx(gflops, rel=1e-12), count_params(model))
 
+
+
+def test_a_blocks_two_halves_add_up_to_the_whole_block(demo_space: SearchSpace) -> None:
+    """The table counts a block whose mixer does not wrap it as its mixing half plus its FFN half: for every
+    mixer option of the demo space's first stage, with each FFN it pairs with, in both parities if it shifts, the two
+    halves' FLOPs and parameters add up to fvcore's count of the whole block (DGE's block is counted whole)."""
+    counts = count_components(demo_space)
+    st, res = demo_space.stages[0], demo_space.largest().resolutions[0]
+    checked = 0
+    for m in st.mixers:
+        for opt in m.options():
+            for ffn in st.ffns_for(m.type):
+                stage = StageConfig(1, st.dims[-1], st.heads[-1], st.mlp_ratios[-1], ffn, opt)
+                for parity in (0, 1) if opt.spec.shifted(opt, res, 1) else (0,):  # else both are the same
+                    torch.manual_seed(0)
+                    module, call = _block_builder(demo_space, stage, res, parity)()
+                    whole = (count_flops(_Call(module.eval(), call), torch.randn(1, res, res, stage.dim)),
+                             count_params(module))
+                    if opt.spec.wraps_block:
+                        assert counts[block_key(0, res, stage, parity)] == whole
+                        continue
+                    mix, ffn_half = counts[mix_key(0, res, stage, parity)], counts[ffn_key(0, res, stage)]
+                    assert (mix[0] + ffn_half[0], mix[1] + ffn_half[1]) == whole, (stage, parity)
+                    assert min(mix + ffn_half) > 0
+                    checked += 1
+    assert checked >= 15
 
 def test_the_costliest_architecture_is_found_exactly() -> None:
     space = SearchSpace.from_dict(TINY_SPACE)

@@ -102,18 +102,27 @@ class Block(nn.Module):
                 ) -> tuple[Tensor, DynamicCost | None]:
         """x: (B, H, W, C) -> (B, H, W, C), and the block's dynamic cost (None unless its mixer has one)."""
         m = stage.mixer
-        spec = m.spec
-        mixer = self.mixers[m.type]
-        if spec.wraps_block:
+        if m.spec.wraps_block:
             hidden = stage.hidden_dim
             parts = BlockParts(self.norm1, self.norm2, lambda t: self.ffns["mlp"](t, hidden), hidden)
-            return mixer(x, MixerContext(m, stage.heads, block_index, drop_prob, parts))
-        y = mixer(self.norm1(x) if spec.pre_norm == "layer" else x, MixerContext(m, stage.heads, block_index))
-        x = x + drop_path(y, drop_prob, self.training)
+            return self.mixers[m.type](x, MixerContext(m, stage.heads, block_index, drop_prob, parts))
+        return self.feed_forward(self.mix(x, stage, block_index, drop_prob), stage, drop_prob), None
+
+    def mix(self, x: Tensor, stage: StageConfig, block_index: int, drop_prob: float) -> Tensor:
+        """The token-mixing half of a block whose mixer does not wrap it: ``x + drop_path(mixer(norm1(x)))``
+        (without norm1 for a mixer that normalises its input itself)."""
+        m = stage.mixer
+        y = self.mixers[m.type](self.norm1(x) if m.spec.pre_norm == "layer" else x,
+                                MixerContext(m, stage.heads, block_index))
+        return x + drop_path(y, drop_prob, self.training)
+
+    def feed_forward(self, x: Tensor, stage: StageConfig, drop_prob: float) -> Tensor:
+        """The FFN half of a block whose mixer does not wrap it: LocalViT's FFN, or
+        ``x + drop_path(mlp(norm2(x)))`` with the LayerNorm or BatchNorm its mixer's spec asks for."""
         if stage.ffn.type == "local":
-            return self.ffns["local"](x, stage.hidden_dim, stage.ffn.se), None
-        normed = batch_norm_nhwc(self.norm2_bn, x) if spec.ffn_norm == "batch" else self.norm2(x)
-        return x + drop_path(self.ffns["mlp"](normed, stage.hidden_dim), drop_prob, self.training), None
+            return self.ffns["local"](x, stage.hidden_dim, stage.ffn.se)
+        normed = batch_norm_nhwc(self.norm2_bn, x) if stage.mixer.spec.ffn_norm == "batch" else self.norm2(x)
+        return x + drop_path(self.ffns["mlp"](normed, stage.hidden_dim), drop_prob, self.training)
 
 
 class PatchMerging(nn.Module):

@@ -25,24 +25,15 @@ import torch
 
 from mixnas.packaged import load_space, space_names
 from mixnas.search import cost_table
-from mixnas.search.latency_lut import _Call, arch_components, space_components
-from mixnas.search.profiler import count_flops, count_params
+from mixnas.search.latency_lut import arch_components, space_components
 from mixnas.search_space import SearchSpace
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@torch.no_grad()
 def whole_blocks(space: SearchSpace) -> dict[str, tuple[int, int]]:
-    """The previous count: every component of the latency table, blocks whole (seeded as count_components)."""
-    out = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        for c in space_components(space, batch_size=1):
-            module, call = c.build()
-            module.eval()
-            out[c.key] = (count_flops(_Call(module, call), torch.randn(c.input_shape)), count_params(module))
-    return out
+    """The previous count: every component of the latency table, blocks whole."""
+    return cost_table.count_each(space_components(space, batch_size=1))
 
 
 def halves(space: SearchSpace) -> dict[str, tuple[int, int]]:

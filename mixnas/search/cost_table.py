@@ -40,8 +40,10 @@ from mixnas.search.latency_lut import (
     _Component,
     _exact_limits,
     _Part,
+    block_configs,
     block_key,
     head_key,
+    heads_and_shift,
     merge_key,
     mixer_key,
     space_components,
@@ -61,10 +63,8 @@ def _space_digest(space: SearchSpace) -> str:
 
 def mix_key(stage_index: int, resolution: int, stage: StageConfig, block_index: int) -> str:
     """Key of the mixing half of a block (``Block.mix``): what ``block_key`` names but the FFN."""
-    m = stage.mixer
-    heads = f"/h{stage.heads}" if m.spec.heads_matter(m) else ""
-    shifted = "/shifted" if m.spec.shifted(m, resolution, block_index) else ""
-    return f"mix/s{stage_index}/res{resolution}/{mixer_key(m, resolution)}/c{stage.dim}{heads}{shifted}"
+    heads, shifted = heads_and_shift(stage, resolution, block_index)
+    return f"mix/s{stage_index}/res{resolution}/{mixer_key(stage.mixer, resolution)}/c{stage.dim}{heads}{shifted}"
 
 
 def ffn_key(stage_index: int, resolution: int, stage: StageConfig) -> str:
@@ -72,6 +72,14 @@ def ffn_key(stage_index: int, resolution: int, stage: StageConfig) -> str:
     in front of it (the mixer's spec says LayerNorm or BatchNorm)."""
     norm = f"/{stage.mixer.spec.ffn_norm}-norm" if stage.ffn.type == "mlp" else ""
     return f"ffn/s{stage_index}/res{resolution}/c{stage.dim}/r{stage.mlp_ratio:g}/{stage.ffn.short()}{norm}"
+
+
+def block_parts(stage_index: int, resolution: int, stage: StageConfig, block_index: int) -> list[str]:
+    """The keys whose counts add up to one block: the whole block for a block-wrapping mixer (DGE), else its
+    mixing half and its FFN half."""
+    if stage.mixer.spec.wraps_block:
+        return [block_key(stage_index, resolution, stage, block_index)]
+    return [mix_key(stage_index, resolution, stage, block_index), ffn_key(stage_index, resolution, stage)]
 
 
 def _half_builder(space: SearchSpace, stage: StageConfig, resolution: int, half: str, block_index: int = 0,
@@ -91,29 +99,19 @@ def _half_builder(space: SearchSpace, stage: StageConfig, resolution: int, half:
 
 def cost_components(space: SearchSpace) -> list[_Component]:
     """What ``count_components`` counts, each once: the latency table's stems, mergings and heads
-    (``space_components``), block-wrapping mixers' blocks whole, and the other blocks' two halves."""
+    (``space_components``), and each block's parts (``block_parts``)."""
     resolutions = stage_resolutions(space.input_size, space.patch_size, space.layout, len(space.stages))
     out = {c.key: c for c in space_components(space, batch_size=1) if c.kind != "block"}
     for i, (st, res) in enumerate(zip(space.stages, resolutions)):
-        for m in st.mixers:
-            for opt in m.options():
-                wraps = opt.spec.wraps_block
-                parities = (0, 1) if opt.spec.shifted(opt, res, 1) else (0,)
-                for dim in st.dims:
-                    for heads in st.heads:
-                        for ratio in st.mlp_ratios:
-                            for ffn in st.ffns_for(m.type):
-                                stage = StageConfig(1, dim, heads, ratio, ffn, opt)
-                                shape = (1, res, res, dim)
-                                for parity in parities:
-                                    key = block_key(i, res, stage, parity) if wraps else mix_key(i, res, stage, parity)
-                                    if key not in out:
-                                        out[key] = _Component(key, "block" if wraps else "mix", i, shape,
-                                                              _block_builder(space, stage, res, parity) if wraps
-                                                              else _half_builder(space, stage, res, "mix", parity))
-                                key = ffn_key(i, res, stage)
-                                if not wraps and key not in out:
-                                    out[key] = _Component(key, "ffn", i, shape, _half_builder(space, stage, res, "ffn"))
+        for stage, parities in block_configs(st, res):
+            for parity in parities:
+                for key in block_parts(i, res, stage, parity):
+                    if key in out:
+                        continue
+                    kind = key.split("/", 1)[0]
+                    build = (_block_builder(space, stage, res, parity) if kind == "block"
+                             else _half_builder(space, stage, res, kind, parity))
+                    out[key] = _Component(key, kind, i, (1, res, res, stage.dim), build)
     return list(out.values())
 
 
@@ -132,17 +130,24 @@ def count_components(space: SearchSpace) -> dict[str, tuple[int, int]]:
     """
     key = (_space_digest(space), tuple(m.spec for st in space.stages for m in st.mixers))
     if key not in _counted:
-        out = {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            for c in cost_components(space):
-                module, call = c.build()
-                module.eval()
-                out[c.key] = (count_flops(_Call(module, call), torch.randn(c.input_shape)), count_params(module))
         if len(_counted) >= COUNTS_KEPT:
             _counted.pop(next(iter(_counted)))
-        _counted[key] = out
+        _counted[key] = count_each(cost_components(space))
     return dict(_counted[key])
+
+
+@torch.no_grad()
+def count_each(components: list[_Component]) -> dict[str, tuple[int, int]]:
+    """key -> (FLOPs, parameters) of each component, built alone in eval mode and run on a random input;
+    the weights and inputs come from a stream seeded 0 of its own (the caller's random state is untouched)."""
+    out = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for c in components:
+            module, call = c.build()
+            module.eval()
+            out[c.key] = (count_flops(_Call(module, call), torch.randn(c.input_shape)), count_params(module))
+    return out
 
 
 class CostTable:
@@ -181,11 +186,8 @@ class CostTable:
                                     continue
                                 stage = StageConfig(1, dim, heads, ratio, ffn, opt)
                                 for parity in (0, 1):
-                                    if opt.spec.wraps_block:
-                                        block[d, h, r, o, f, parity] = get(block_key(i, res[i], stage, parity))
-                                    else:
-                                        block[d, h, r, o, f, parity] = np.add(get(mix_key(i, res[i], stage, parity)),
-                                                                              get(ffn_key(i, res[i], stage)))
+                                    block[d, h, r, o, f, parity] = np.sum(
+                                        [get(k) for k in block_parts(i, res[i], stage, parity)], axis=0)
             self._block.append(block)
 
     # ------------------------------------------------------------------------------------------ I/O
@@ -245,4 +247,4 @@ class CostTable:
         return out[0] / 1e9, int(out[1])
 
 
-__all__ = ["CostTable", "cost_components", "count_components", "ffn_key", "mix_key"]
+__all__ = ["CostTable", "block_parts", "cost_components", "count_components", "count_each", "ffn_key", "mix_key"]

@@ -57,7 +57,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,7 @@ from mixnas.atomic import atomic_write_text
 from mixnas.errors import LUTError
 from mixnas.search.latency_backends import BACKENDS, check_backend
 from mixnas.search.profiler import device_name, latency_runner, measure_latency
-from mixnas.search_space import ArchConfig, MixerConfig, SearchSpace, StageConfig
+from mixnas.search_space import ArchConfig, MixerConfig, SearchSpace, StageChoices, StageConfig
 from mixnas.search_space.arch import stage_resolutions
 from mixnas.supernet.backbone import Block, MixerNet, PatchMerging, StageLimits, build_model
 
@@ -121,13 +121,20 @@ def block_key(stage_index: int, resolution: int, stage: StageConfig, block_index
         stage: the stage's configuration.
         block_index: the block's index within the stage (its parity matters for shifted windows).
     """
+    heads, shifted = heads_and_shift(stage, resolution, block_index)
+    return (
+        f"block/s{stage_index}/res{resolution}/{mixer_key(stage.mixer, resolution)}/c{stage.dim}{heads}"
+        f"/r{stage.mlp_ratio:g}/{stage.ffn.short()}{shifted}"
+    )
+
+
+def heads_and_shift(stage: StageConfig, resolution: int, block_index: int) -> tuple[str, str]:
+    """The parts of a block's key that its mixer's spec decides: ``/h{H}`` where heads change the
+    computation, and ``/shifted`` for a block that rolls the map (each empty otherwise)."""
     m = stage.mixer
     heads = f"/h{stage.heads}" if m.spec.heads_matter(m) else ""
     shifted = "/shifted" if m.spec.shifted(m, resolution, block_index) else ""
-    return (
-        f"block/s{stage_index}/res{resolution}/{mixer_key(m, resolution)}/c{stage.dim}{heads}"
-        f"/r{stage.mlp_ratio:g}/{stage.ffn.short()}{shifted}"
-    )
+    return heads, shifted
 
 
 def arch_components(arch: ArchConfig) -> Counter[str]:
@@ -248,6 +255,19 @@ def _block_builder(
     return build
 
 
+def block_configs(choices: StageChoices, resolution: int) -> Iterator[tuple[StageConfig, tuple[int, ...]]]:
+    """Every block a stage's choices offer: (the stage at depth 1, the block indices that differ: (0, 1) for
+    a shifted-window mixer below the resolution, else (0,))."""
+    for m in choices.mixers:
+        for opt in m.options():
+            parities = (0, 1) if opt.spec.shifted(opt, resolution, 1) else (0,)
+            for dim in choices.dims:
+                for heads in choices.heads:
+                    for ratio in choices.mlp_ratios:
+                        for ffn in choices.ffns_for(m.type):
+                            yield StageConfig(1, dim, heads, ratio, ffn, opt), parities
+
+
 def space_components(space: SearchSpace, batch_size: int = 1) -> list[_Component]:
     """Every component that an architecture of ``space`` can run, each once, in stage order.
 
@@ -277,18 +297,10 @@ def space_components(space: SearchSpace, batch_size: int = 1) -> list[_Component
                         lambda i_=in_dim, o=out_dim: (PatchMerging(i_, o, space.layer_norm_eps),
                                                       lambda module, x, o=o: module(x, o)),
                     ))
-        for m in st.mixers:
-            for opt in m.options():
-                for dim in st.dims:
-                    for heads in st.heads:
-                        for ratio in st.mlp_ratios:
-                            for ffn in st.ffns_for(m.type):
-                                stage = StageConfig(1, dim, heads, ratio, ffn, opt)
-                                for parity in (0, 1) if opt.spec.shifted(opt, res, 1) else (0,):
-                                    add(_Component(
-                                        block_key(i, res, stage, parity), "block", i, (b, res, res, dim),
-                                        _block_builder(space, stage, res, parity),
-                                    ))
+        for stage, parities in block_configs(st, res):
+            for parity in parities:
+                add(_Component(block_key(i, res, stage, parity), "block", i, (b, res, res, stage.dim),
+                               _block_builder(space, stage, res, parity)))
     last = len(space.stages) - 1
     for dim in space.stages[-1].dims:
         add(_Component(

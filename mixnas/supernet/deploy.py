@@ -47,7 +47,6 @@ def _without_stack_traces() -> Iterator[None]:
         yield
     finally:
         fx_config.do_not_emit_stack_traces = saved
-_DEPLOY_PACKAGES = {"onnx": "onnx", "onnxscript": "onnxscript", "onnxruntime": "onnxruntime"}
 
 
 def require(*modules: str) -> None:

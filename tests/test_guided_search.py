@@ -81,7 +81,6 @@ def test_the_cost_table_equals_fvcore_on_whole_networks(demo_space: SearchSpace,
         assert demo_table.arch_cost(arch) == (pytest.approx(gflops, rel=1e-12), count_params(model))
 
 
-
 def test_a_blocks_two_halves_add_up_to_the_whole_block(demo_space: SearchSpace) -> None:
     """The table counts a block whose mixer does not wrap it as its mixing half plus its FFN half: for every
     mixer option of the demo space's first stage, with each FFN it pairs with, in both parities if it shifts, the two
@@ -107,6 +106,7 @@ def test_a_blocks_two_halves_add_up_to_the_whole_block(demo_space: SearchSpace) 
                     checked += 1
     assert checked >= 15
 
+
 def test_the_costliest_architecture_is_found_exactly() -> None:
     space = SearchSpace.from_dict(TINY_SPACE)
     table = CostTable(space)
@@ -125,7 +125,6 @@ def test_a_cached_table_is_reused_and_a_damaged_one_recounted(tmp_path: Path) ->
     assert CostTable.for_space(space, path).counts == first.counts
     path.write_text("{not json")
     assert CostTable.for_space(space, path).counts == first.counts
-
 
 
 def test_a_process_counts_a_space_once_and_leaves_the_callers_random_state(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,6 +155,7 @@ def test_a_process_counts_a_space_once_and_leaves_the_callers_random_state(monke
     finally:
         register_mixer(original, replace=True)
     assert n == len(first) and recounted == first
+
 
 # ----------------------------------------------------------------------------------------- predictor
 def test_the_predictor_learns_an_additive_effect(demo_space: SearchSpace) -> None:
